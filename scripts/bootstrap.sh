@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything the controller (and the lab on this machine) needs: Debian packages,
+# the pinned Python venv in .venv, and the BPF objects. Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  # build the datapath once, on the controller
+  clang llvm libbpf-dev bpftool make
+  # the runtime on nodes (and on lab nodes, which are this machine)
+  libbpf1 iproute2 python3 python3-venv kmod
+  # the lab: the store, the CNI reference plugins, what pods run
+  etcd-server etcd-client containernetworking-plugins nginx-light busybox-static curl iputils-ping
+  iptables ipset nftables
+  git
+)
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian packages may ship services (etcd, nginx) that start on install; the lab runs its own
+# instances inside network namespaces, so make sure the host-wide ones are not left listening.
+for svc in etcd nginx; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  fi
+  pkill -x "$svc" 2>/dev/null || true
+done
+
+# The controller venv uses Debian's python3 so that Debian's python3-* bindings stay usable.
+if [ ! -x .venv/bin/ansible-playbook ] || ! cmp -s requirements.txt .venv/.requirements.txt; then
+  echo "bootstrap: creating .venv from requirements.txt"
+  /usr/bin/python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r requirements.txt
+  cp requirements.txt .venv/.requirements.txt
+fi
+
+echo "bootstrap: building BPF objects"
+make -s -C bpf
