@@ -44,4 +44,4 @@ if [ ! -x .venv/bin/ansible-playbook ] || ! cmp -s requirements.txt .venv/.requi
 fi
 
 echo "bootstrap: building BPF objects"
-make -s -C bpf
+make -s artifacts

@@ -1,0 +1,34 @@
+# Build artifacts once, on the controller; the `build` role runs `make artifacts` and ships
+# the results to the nodes (which need no compiler).
+#   build/bpf/*.o                  the datapath, one object per program file in bpf/
+#   build/runtime/apiary-*.whl     the node runtime (Python package `apiary`)
+PYTHON ?= $(shell test -x .venv/bin/python && echo .venv/bin/python || echo python3)
+CLANG ?= clang
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I bpf/include -I bpf/lib
+
+BPF_SOURCES := $(wildcard bpf/*.c)
+BPF_HEADERS := $(wildcard bpf/include/*.h bpf/lib/*.h)
+BPF_OBJECTS := $(patsubst bpf/%.c,build/bpf/%.o,$(BPF_SOURCES))
+RUNTIME_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' runtime/pyproject.toml)
+RUNTIME_WHEEL := build/runtime/apiary-$(RUNTIME_VERSION)-py3-none-any.whl
+RUNTIME_SOURCES := runtime/pyproject.toml $(shell find runtime/src -name '*.py')
+
+.PHONY: artifacts bpf runtime clean
+artifacts: bpf runtime
+
+bpf: $(BPF_OBJECTS)
+	@mkdir -p build/bpf
+build/bpf/%.o: bpf/%.c $(BPF_HEADERS)
+	@mkdir -p $(@D)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+runtime: $(RUNTIME_WHEEL)
+$(RUNTIME_WHEEL): $(RUNTIME_SOURCES)
+	@mkdir -p $(@D)
+	rm -rf runtime/build build/runtime/apiary-*.whl
+	$(PYTHON) -m pip wheel -q --no-deps --no-build-isolation -w build/runtime ./runtime
+	rm -rf runtime/build runtime/src/apiary.egg-info
+	@touch $@
+
+clean:
+	rm -rf build

@@ -1,0 +1,3 @@
+"""Apiary node runtime."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The lab: a cluster of network-namespace nodes on one machine (see inventory/lab)."""
