@@ -16,8 +16,9 @@ RUNTIME_SOURCES := runtime/pyproject.toml $(shell find runtime/src -name '*.py')
 .PHONY: artifacts bpf runtime clean
 artifacts: bpf runtime
 
-bpf: $(BPF_OBJECTS)
-	@mkdir -p build/bpf
+bpf: $(BPF_OBJECTS) | build/bpf
+build/bpf:
+	mkdir -p $@
 build/bpf/%.o: bpf/%.c $(BPF_HEADERS)
 	@mkdir -p $(@D)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
