@@ -75,6 +75,7 @@ EXAMPLES = r"""
   tasks:
     - name: List addresses inside the node's namespace
       ansible.builtin.command: ip -j addr
+      changed_when: false
 """
 
 import os
