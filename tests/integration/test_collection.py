@@ -8,13 +8,14 @@ VENV = os.path.join(ROOT, ".venv", "bin")
 
 def test_collection_builds_and_installs(tmp_path):
     build = subprocess.run([os.path.join(VENV, "ansible-galaxy"), "collection", "build", ROOT,
-                            "--output-path", str(tmp_path)], capture_output=True, text=True)
+                            "--output-path", str(tmp_path)], capture_output=True, text=True, cwd=str(tmp_path))
     assert build.returncode == 0, build.stderr
     tarball = tmp_path / "apiary-cluster-0.1.0.tar.gz"
     assert tarball.exists()
     install_dir = tmp_path / "installed"
     install = subprocess.run([os.path.join(VENV, "ansible-galaxy"), "collection", "install", str(tarball),
-                              "-p", str(install_dir), "--no-deps"], capture_output=True, text=True)
+                              "-p", str(install_dir), "--no-deps"], capture_output=True, text=True,
+                             cwd=str(tmp_path))  # away from the repo's ansible.cfg (collections/ links to the repo)
     assert install.returncode == 0, install.stderr
     root = install_dir / "ansible_collections" / "apiary" / "cluster"
     for path in ("roles/preflight/tasks/main.yml", "plugins/connection/netns.py",
