@@ -1,40 +1,31 @@
-"""The `apiary` command (like cilium-dbg + hubble, plus `apiary lab` for the embedded lab)."""
+"""The `apiary` command (like cilium-dbg + hubble, plus `apiary lab` for the embedded lab).
+
+Each area registers its own sub-commands: a module in COMMAND_MODULES has `register(subparsers)`.
+A command's handler returns the exit code; errors meant for the user are raised as
+`apiary.errors.UserError` (printed as `apiary: <message>`, exit 2).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from apiary import __version__, output
-from apiary.lab import nodes as lab_nodes
+from apiary import __version__
+from apiary.errors import UserError
 
-
-def _lab_get_nodes(args) -> int:
-    rows = lab_nodes.get_nodes(args.lab_root)
-    if args.output == "json":
-        output.as_json(rows)
-    else:
-        output.table(
-            [[r["name"], r["status"], ",".join(r["roles"]) or "<none>", r["internal_ip"], r["kernel"],
-              r["routing_mode"], r["etcd"], "; ".join(r["problems"])] for r in rows],
-            ["NAME", "STATUS", "ROLES", "INTERNAL-IP", "KERNEL-VERSION", "ROUTING", "ETCD", "PROBLEMS"],
-        )
-    return 0 if all(r["status"] == "Ready" for r in rows) else 1
+COMMAND_MODULES = [
+    "apiary.lab.cli",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apiary", description=__doc__)
+    parser = argparse.ArgumentParser(prog="apiary", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     version = sub.add_parser("version", help="print the runtime version")
     version.set_defaults(func=lambda args: print("apiary %s" % __version__) or 0)
-
-    lab = sub.add_parser("lab", help="the lab cluster on this machine")
-    lab.add_argument("--lab-root", default=lab_nodes.DEFAULT_LAB_ROOT)
-    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
-    get = lab_sub.add_parser("get", help="show lab objects")
-    get.add_argument("kind", choices=["nodes"])
-    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    get.set_defaults(func=_lab_get_nodes)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -42,7 +33,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except lab_nodes.LabNotFound as exc:
+    except UserError as exc:
         print("apiary: %s" % exc, file=sys.stderr)
         return 2
 

@@ -11,11 +11,12 @@ import subprocess
 import urllib.request
 
 from apiary import netns
+from apiary.errors import UserError
 
 DEFAULT_LAB_ROOT = "/var/lib/apiary-lab"
 
 
-class LabNotFound(Exception):
+class LabNotFound(UserError):
     pass
 
 
