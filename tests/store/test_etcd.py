@@ -1,6 +1,7 @@
 """EtcdClient against a real etcd (inside a test network namespace)."""
 import json
 import secrets
+import socket
 import threading
 import time
 import urllib.request
@@ -229,4 +230,87 @@ def test_status(etcd_ns):
         assert st["version"].startswith("3.")
         assert st["leader"] == st["member_id"] != 0
         assert st["db_size"] > 0
+    run(etcd_ns, body)
+
+
+class CuttableProxy:
+    """TCP forwarder to etcd whose open connections can be cut (a broken watch stream)."""
+
+    def __init__(self, target_port):
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.url = "http://127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.target)
+            self.conns += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        for s in self.conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+
+def test_watch_reconnects_and_resumes(etcd_ns):
+    def body(url, p):
+        proxy = CuttableProxy(int(url.rsplit(":", 1)[1]))
+        direct = EtcdClient([url])
+        watched = EtcdClient([proxy.url])
+        stop = threading.Event()
+        seen = []
+
+        def watcher():
+            for ev in watched.watch_prefix(p, stop=stop):
+                seen.append(ev.kv.value)
+
+        t = threading.Thread(target=watcher)
+        t.start()
+        try:
+            time.sleep(0.5)
+            direct.put(p + "a", "1")
+            direct.put(p + "a", "2")
+            deadline = time.monotonic() + 5
+            while len(seen) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proxy.cut()
+            direct.put(p + "a", "3")  # while the stream is down
+            time.sleep(0.3)
+            direct.put(p + "a", "4")
+            while len(seen) < 4 and time.monotonic() < deadline + 5:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            t.join(3)
+        assert seen == ["1", "2", "3", "4"]
+        assert len(proxy.conns) >= 1, "the watch did not reconnect"
     run(etcd_ns, body)
