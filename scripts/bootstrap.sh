@@ -8,7 +8,7 @@ DEBIAN_PACKAGES=(
   # build the datapath once, on the controller
   clang llvm libbpf-dev bpftool make
   # the runtime on nodes (and on lab nodes, which are this machine)
-  libbpf1 iproute2 python3 python3-venv kmod
+  libbpf1 iproute2 python3 python3-venv python3-yaml kmod
   # the lab: the store, the CNI reference plugins, what pods run
   etcd-server etcd-client containernetworking-plugins nginx-light busybox-static curl iputils-ping
   iptables ipset nftables
