@@ -63,6 +63,12 @@ options:
         world answers for the whole range.
     type: str
     default: 198.51.100.0/24
+  pod_netns_prefix:
+    description:
+      - Pods of the lab live in namespaces named with this prefix (made by C(apiary lab apply)). With
+        O(state=absent) they are removed too, before the nodes they hang off.
+    type: str
+    default: apiary-pod-
   nodes:
     description: The lab nodes.
     type: list
@@ -259,7 +265,8 @@ class LabTopology:
         }
 
     def owned_netns(self):
-        return [n['netns'] for n in self.p['nodes']] + [self.p['world_netns'], self.p['fabric_netns']]
+        pods = sorted(ns for ns in self.existing if ns.startswith(self.p['pod_netns_prefix']))
+        return pods + [n['netns'] for n in self.p['nodes']] + [self.p['world_netns'], self.p['fabric_netns']]
 
     def plan_absent(self):
         for ns in self.owned_netns():
@@ -395,6 +402,7 @@ def main():
             gateway_ip=dict(type='str', default='10.77.101.1'),
             world_netns=dict(type='str', default='apiary-world'),
             world_cidr=dict(type='str', default='198.51.100.0/24'),
+            pod_netns_prefix=dict(type='str', default='apiary-pod-'),
             # Suboptions are checked by LabTopology.validate so errors can name the node.
             nodes=dict(type='list', elements='dict', default=[], options=dict(
                 name=dict(type='str'), netns=dict(type='str'), ip=dict(type='str'))),
