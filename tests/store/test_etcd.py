@@ -206,6 +206,23 @@ def test_failover_to_second_endpoint(etcd_ns):
         assert events[0].kv.key == p + "k"
         lease = c.lease_grant(5)
         assert c.lease_keepalive(lease) > 0
+        assert c.create(p + "created", "v") is True
+    run(etcd_ns, body)
+
+
+def test_lost_answers_fail_over_only_when_safe(etcd_ns):
+    def body(url, p):
+        mute = socket.socket()  # accepts connections (backlog) and never answers
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        mute_url = "http://127.0.0.1:%d" % mute.getsockname()[1]
+        c = EtcdClient([mute_url, url], timeout=0.5)
+        assert c.get(p + "nothing") is None  # a read is retried on the next endpoint
+        c = EtcdClient([mute_url, url], timeout=0.5)
+        with pytest.raises(EtcdError, match="may or may not have been applied") as err:
+            c.create(p + "k", "v")  # a txn is not: it may have been applied
+        assert mute_url in str(err.value)
+        mute.close()
     run(etcd_ns, body)
 
 

@@ -7,6 +7,9 @@ are left out; the typed methods below hide both.
 
 Endpoints are tried in order; the client sticks to the last one that answered and moves on to the
 next when one cannot be reached (connection refused, timeout, reset) or answers "unavailable".
+Calls that must not be applied twice (txn, and so create and compare_and_swap; delete; lease grant)
+move on only when the connection could not be made; once sent, a lost answer is an EtcdError that
+says the outcome is unknown.
 An error etcd itself reports (a bad request, a missing lease) is raised at once as EtcdError,
 naming the endpoint and the operation.
 
@@ -172,24 +175,33 @@ class EtcdClient:
         with self._lock:
             self._current = idx
 
-    def _post_once(self, idx: int, path: str, body: dict, operation: str) -> dict:
+    def _post_once(self, idx: int, path: str, body: dict, operation: str,
+                   idempotent: bool) -> dict:
         host, port = self._addrs[idx]
         endpoint = self.endpoints[idx]
         payload = json.dumps(body).encode()
         conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
         try:
             try:
+                conn.connect()
+            except OSError as exc:  # nothing was sent: another endpoint may serve the call
+                raise _Unreachable("%s: %s" % (endpoint, exc or type(exc).__name__)) from exc
+            try:
                 conn.request("POST", path, body=payload,
                              headers={"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException) as exc:
-                raise _Unreachable("%s: %s" % (endpoint, exc or type(exc).__name__)) from exc
+                if idempotent:
+                    raise _Unreachable("%s: %s" % (endpoint, exc or type(exc).__name__)) from exc
+                raise EtcdError(endpoint, operation, "no answer (%s); it may or may not have been "
+                                "applied" % (exc or type(exc).__name__)) from exc
         finally:
             conn.close()
         if resp.status != 200:
             message, code = _error_text(data)
-            if code == _GRPC_UNAVAILABLE or resp.status in (502, 503, 504) and code is None:
+            unavailable = code == _GRPC_UNAVAILABLE or resp.status in (502, 503, 504) and code is None
+            if unavailable and idempotent:  # e.g. no leader: ask another member
                 raise _Unreachable("%s: %s" % (endpoint, message))
             raise EtcdError(endpoint, operation, message, code)
         try:
@@ -203,11 +215,14 @@ class EtcdClient:
             doc = doc["result"]
         return doc
 
-    def _call(self, operation: str, path: str, body: dict) -> dict:
+    def _call(self, operation: str, path: str, body: dict, idempotent: bool = True) -> dict:
+        """POST to the first endpoint that answers. A call that is not idempotent (txn, delete,
+        lease grant) moves on to the next endpoint only when it could not even connect: once sent,
+        its outcome is unknown, and EtcdError says so rather than applying it twice."""
         failures = []
         for idx in self._order():
             try:
-                doc = self._post_once(idx, path, body, operation)
+                doc = self._post_once(idx, path, body, operation, idempotent)
             except _Unreachable as exc:
                 failures.append(str(exc))
                 continue
@@ -238,12 +253,14 @@ class EtcdClient:
         return int(doc["header"].get("revision", 0))
 
     def delete(self, key: str) -> int:
-        doc = self._call("delete %s" % key, "/v3/kv/deleterange", {"key": _b64(key)})
+        doc = self._call("delete %s" % key, "/v3/kv/deleterange", {"key": _b64(key)},
+                         idempotent=False)
         return int(doc.get("deleted", 0))
 
     def delete_prefix(self, prefix: str) -> int:
         doc = self._call("delete prefix %s" % prefix, "/v3/kv/deleterange",
-                         {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+                         {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))},
+                         idempotent=False)
         return int(doc.get("deleted", 0))
 
     def txn(self, compare: List[dict], success: List[dict], failure: List[dict]) -> dict:
@@ -253,7 +270,8 @@ class EtcdClient:
         fields decoded again, and "succeeded" always present."""
         doc = self._call("txn", "/v3/kv/txn", {"compare": _map_bytes(compare, _b64),
                                                "success": _map_bytes(success, _b64),
-                                               "failure": _map_bytes(failure, _b64)})
+                                               "failure": _map_bytes(failure, _b64)},
+                         idempotent=False)
         doc = _map_bytes(doc, _unb64)
         doc["succeeded"] = bool(doc.get("succeeded", False))
         return doc
@@ -277,7 +295,8 @@ class EtcdClient:
     # ---- leases ----------------------------------------------------------------------------
 
     def lease_grant(self, ttl: int) -> int:
-        doc = self._call("lease grant", "/v3/lease/grant", {"TTL": str(int(ttl))})
+        doc = self._call("lease grant", "/v3/lease/grant", {"TTL": str(int(ttl))},
+                         idempotent=False)
         if doc.get("error"):
             raise EtcdError(self.endpoints[self._current], "lease grant", str(doc["error"]))
         return int(doc["ID"])
