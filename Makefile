@@ -4,11 +4,17 @@
 #   build/runtime/apiary-*.whl     the node runtime (Python package `apiary`)
 PYTHON ?= $(shell test -x .venv/bin/python && echo .venv/bin/python || echo python3)
 CLANG ?= clang
-BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I bpf/include -I bpf/lib
+# -target bpf does not search the multiarch folder where <asm/types.h> lives on Debian/Ubuntu.
+MULTIARCH := $(shell $(CLANG) -print-multiarch 2>/dev/null)
+# BPF_EXTRA_CFLAGS and BPF_OUT are for tests that build variants elsewhere (e.g. -DAPIARY_METRICS_FORWARDED).
+BPF_EXTRA_CFLAGS ?=
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I bpf/include -I bpf/lib \
+	$(if $(MULTIARCH),-idirafter /usr/include/$(MULTIARCH)) $(BPF_EXTRA_CFLAGS)
+BPF_OUT ?= build/bpf
 
 BPF_SOURCES := $(wildcard bpf/*.c)
 BPF_HEADERS := $(wildcard bpf/include/*.h bpf/lib/*.h)
-BPF_OBJECTS := $(patsubst bpf/%.c,build/bpf/%.o,$(BPF_SOURCES))
+BPF_OBJECTS := $(patsubst bpf/%.c,$(BPF_OUT)/%.o,$(BPF_SOURCES))
 RUNTIME_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' runtime/pyproject.toml)
 RUNTIME_WHEEL := build/runtime/apiary-$(RUNTIME_VERSION)-py3-none-any.whl
 RUNTIME_SOURCES := runtime/pyproject.toml $(shell find runtime/src -name '*.py')
@@ -16,10 +22,10 @@ RUNTIME_SOURCES := runtime/pyproject.toml $(shell find runtime/src -name '*.py')
 .PHONY: artifacts bpf runtime clean
 artifacts: bpf runtime
 
-bpf: $(BPF_OBJECTS) | build/bpf
-build/bpf:
+bpf: $(BPF_OBJECTS) | $(BPF_OUT)
+$(BPF_OUT):
 	mkdir -p $@
-build/bpf/%.o: bpf/%.c $(BPF_HEADERS)
+$(BPF_OUT)/%.o: bpf/%.c $(BPF_HEADERS)
 	@mkdir -p $(@D)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 

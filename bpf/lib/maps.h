@@ -1,0 +1,215 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Every map of the datapath, defined once (docs/datapath.md "Maps"). Each object file includes all of
+ * them; libbpf pins them by name under the node's pin dir, so the objects (and the runtime, through
+ * apiary.bpf.maps, which mirrors these structs) share one instance of each. Keys and values leave room
+ * for IPv6. Change a layout here, in apiary.bpf.maps and in docs/datapath.md together. */
+#pragma once
+
+#include "common.h"
+
+#define ENDPOINTS_MAP_SIZE	65535
+#define IPCACHE_MAP_SIZE	512000
+#define POLICY_MAP_SIZE		16384
+#define CT_MAP_SIZE		65536
+#define LB_MAP_SIZE		65536
+#define METRICS_MAP_SIZE	1024
+#define EVENTS_RING_SIZE	(256 * 1024)
+
+union v4v6 {
+	__be32	ip4;
+	__u8	ip6[16];
+};
+
+/* apiary_lxc: the endpoints (pods) of this node, by IP. */
+struct endpoint_key {
+	union v4v6	addr;
+	__u8		family;		/* ENDPOINT_KEY_IPV4 | ENDPOINT_KEY_IPV6 */
+	__u8		pad[3];
+};
+
+struct endpoint_info {
+	__u32	ifindex;		/* the host-side lxc device */
+	__u16	lxc_id;
+	__u16	flags;
+	__u32	sec_identity;
+	__u8	mac[ETH_ALEN];		/* the pod's eth0 */
+	__u8	node_mac[ETH_ALEN];	/* the lxc device: the pod's gateway */
+	__u32	pad;
+};
+
+/* apiary_ipcache: every known IP/prefix to its security identity and the node that has it. */
+struct ipcache_key {
+	__u32		prefixlen;	/* counts cluster_id, pad and family too: a /32 host is 64 */
+	__u16		cluster_id;
+	__u8		pad;
+	__u8		family;
+	union v4v6	addr;
+};
+
+#define IPCACHE_PREFIX_LEN(bits) (32 + (bits))
+
+struct remote_endpoint_info {
+	__u32	sec_identity;
+	__be32	tunnel_endpoint;	/* the node's underlay IP; 0 when not reached through the tunnel */
+	__u16	node_id;
+	__u8	key;
+	__u8	flags;
+};
+
+/* apiary_policy (issue 4): allow/deny per (remote identity, endpoint, port, protocol, direction). */
+struct policy_key {
+	__u32	sec_label;
+	__u16	lxc_id;
+	__be16	dport;
+	__u8	protocol;
+	__u8	egress;
+	__u16	pad;
+};
+
+struct policy_entry {
+	__u8	deny;
+	__u8	pad[7];
+	__u64	packets;
+	__u64	bytes;
+};
+
+/* apiary_ct4: connection tracking (issue 4/5). Packed, as in Cilium, so a key has no padding. */
+struct ipv4_ct_tuple {
+	__be32	daddr;
+	__be32	saddr;
+	__be16	dport;
+	__be16	sport;
+	__u8	nexthdr;
+	__u8	flags;
+} __packed;
+
+struct ct_entry {
+	__u64	packets;
+	__u64	bytes;
+	__u32	lifetime;
+	__u16	flags;
+	__u16	rev_nat_index;
+	__u32	src_sec_id;
+	__u32	pad;
+};
+
+/* apiary_lb4_*: services (issue 5). */
+struct lb4_key {
+	__be32	address;
+	__be16	dport;
+	__u16	backend_slot;		/* 0: the service itself, 1..count: its backends */
+	__u8	proto;
+	__u8	scope;
+	__u16	pad;
+};
+
+struct lb4_service {
+	__u32	backend_id;
+	__u16	count;
+	__u16	rev_nat_index;
+	__u8	flags;
+	__u8	flags2;
+	__u16	pad;
+};
+
+struct lb4_backend {
+	__be32	address;
+	__be16	port;
+	__u8	proto;
+	__u8	flags;
+};
+
+struct lb4_reverse_nat {
+	__be32	address;
+	__be16	port;
+	__u16	pad;
+};
+
+/* apiary_metrics: packets and bytes per (reason, direction), per CPU. */
+struct metrics_key {
+	__u8	reason;			/* 0 forwarded, else -(DROP_*) */
+	__u8	dir;			/* METRIC_INGRESS | METRIC_EGRESS */
+	__u16	pad;
+};
+
+struct metrics_value {
+	__u64	count;
+	__u64	bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, ENDPOINTS_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_lxc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct remote_endpoint_info);
+	__uint(max_entries, IPCACHE_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+	__uint(max_entries, POLICY_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipv4_ct_tuple);
+	__type(value, struct ct_entry);
+	__uint(max_entries, CT_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_ct4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb4_key);
+	__type(value, struct lb4_service);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_lb4_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_lb4_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u16);
+	__type(value, struct lb4_reverse_nat);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_lb4_reverse_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct metrics_key);
+	__type(value, struct metrics_value);
+	__uint(max_entries, METRICS_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_metrics SEC(".maps");
+
+/* Datapath events (issue 6). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_RING_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_events SEC(".maps");
