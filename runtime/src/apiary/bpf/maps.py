@@ -1,0 +1,329 @@
+"""The datapath's pinned maps from Python: ctypes mirrors of bpf/lib/maps.h and typed views of them.
+
+The Structures below must match the C layout byte for byte (tests/datapath/test_layout.py compares
+them with the BTF of the built objects). The typed maps take and return plain values: IP and prefix
+strings, MAC strings "02:00:00:00:00:01", dicts.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+
+from apiary.bpf import libbpf
+from apiary.errors import UserError
+
+u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+# Big-endian fields (__be16/__be32) are kept as the raw bytes the kernel sees: read and written with
+# the helpers below, never as host integers.
+be16, be32 = ctypes.c_uint8 * 2, ctypes.c_uint8 * 4
+MAC = ctypes.c_uint8 * 6
+
+ENDPOINT_KEY_IPV4 = 1
+ENDPOINT_KEY_IPV6 = 2
+# An ipcache prefix length also counts cluster_id, pad and family (32 bits): a /32 host is 64.
+IPCACHE_PREFIX_BITS = 32
+METRIC_DIRECTIONS = {1: "ingress", 2: "egress"}
+# Metrics reasons: 0 forwarded, else Cilium's drop reason numbers (bpf/lib/drop.h).
+REASONS = {
+    0: "Forwarded",
+    130: "Invalid source mac",
+    132: "Invalid source ip",
+    134: "Invalid packet",
+    139: "Unknown L3 protocol",
+    141: "Error writing to packet",
+    147: "No tunnel key",
+    160: "No tunnel endpoint",
+}
+
+
+class V4V6(ctypes.Union):
+    _fields_ = [("ip4", be32), ("ip6", u8 * 16)]
+
+
+class EndpointKey(ctypes.Structure):
+    _fields_ = [("addr", V4V6), ("family", u8), ("pad", u8 * 3)]
+
+
+class EndpointInfo(ctypes.Structure):
+    _fields_ = [("ifindex", u32), ("lxc_id", u16), ("flags", u16), ("sec_identity", u32), ("mac", MAC),
+                ("node_mac", MAC), ("pad", u32)]
+
+
+class IpcacheKey(ctypes.Structure):
+    _fields_ = [("prefixlen", u32), ("cluster_id", u16), ("pad", u8), ("family", u8), ("addr", V4V6)]
+
+
+class RemoteEndpointInfo(ctypes.Structure):
+    _fields_ = [("sec_identity", u32), ("tunnel_endpoint", be32), ("node_id", u16), ("key", u8), ("flags", u8)]
+
+
+class PolicyKey(ctypes.Structure):
+    _fields_ = [("sec_label", u32), ("lxc_id", u16), ("dport", be16), ("protocol", u8), ("egress", u8),
+                ("pad", u16)]
+
+
+class PolicyEntry(ctypes.Structure):
+    _fields_ = [("deny", u8), ("pad", u8 * 7), ("packets", u64), ("bytes", u64)]
+
+
+class Ipv4CtTuple(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("daddr", be32), ("saddr", be32), ("dport", be16), ("sport", be16), ("nexthdr", u8), ("flags", u8)]
+
+
+class CtEntry(ctypes.Structure):
+    _fields_ = [("packets", u64), ("bytes", u64), ("lifetime", u32), ("flags", u16), ("rev_nat_index", u16),
+                ("src_sec_id", u32), ("pad", u32)]
+
+
+class Lb4Key(ctypes.Structure):
+    _fields_ = [("address", be32), ("dport", be16), ("backend_slot", u16), ("proto", u8), ("scope", u8),
+                ("pad", u16)]
+
+
+class Lb4Service(ctypes.Structure):
+    _fields_ = [("backend_id", u32), ("count", u16), ("rev_nat_index", u16), ("flags", u8), ("flags2", u8),
+                ("pad", u16)]
+
+
+class Lb4Backend(ctypes.Structure):
+    _fields_ = [("address", be32), ("port", be16), ("proto", u8), ("flags", u8)]
+
+
+class Lb4ReverseNat(ctypes.Structure):
+    _fields_ = [("address", be32), ("port", be16), ("pad", u16)]
+
+
+class MetricsKey(ctypes.Structure):
+    _fields_ = [("reason", u8), ("dir", u8), ("pad", u16)]
+
+
+class MetricsValue(ctypes.Structure):
+    _fields_ = [("count", u64), ("bytes", u64)]
+
+
+# C struct name -> its mirror (what the layout test compares).
+STRUCTS = {
+    "v4v6": V4V6, "endpoint_key": EndpointKey, "endpoint_info": EndpointInfo, "ipcache_key": IpcacheKey,
+    "remote_endpoint_info": RemoteEndpointInfo, "policy_key": PolicyKey, "policy_entry": PolicyEntry,
+    "ipv4_ct_tuple": Ipv4CtTuple, "ct_entry": CtEntry, "lb4_key": Lb4Key, "lb4_service": Lb4Service,
+    "lb4_backend": Lb4Backend, "lb4_reverse_nat": Lb4ReverseNat, "metrics_key": MetricsKey,
+    "metrics_value": MetricsValue,
+}
+# Pinned map name -> (key type, value type, per-CPU). apiary_events (a ring buffer) has neither.
+LAYOUTS = {
+    "apiary_lxc": (EndpointKey, EndpointInfo, False),
+    "apiary_ipcache": (IpcacheKey, RemoteEndpointInfo, False),
+    "apiary_policy": (PolicyKey, PolicyEntry, False),
+    "apiary_ct4": (Ipv4CtTuple, CtEntry, False),
+    "apiary_lb4_services": (Lb4Key, Lb4Service, False),
+    "apiary_lb4_backends": (u32, Lb4Backend, False),
+    "apiary_lb4_reverse_nat": (u16, Lb4ReverseNat, False),
+    "apiary_metrics": (MetricsKey, MetricsValue, True),
+}
+MAP_NAMES = tuple(LAYOUTS) + ("apiary_events",)
+
+
+# --- value conversions ----------------------------------------------------------------------------
+def mac_bytes(mac: str) -> MAC:
+    parts = mac.split(":")
+    if len(parts) != 6:
+        raise UserError("%r is not a MAC address (like 02:00:00:00:00:01)" % mac)
+    try:
+        return MAC(*(int(p, 16) for p in parts))
+    except ValueError:
+        raise UserError("%r is not a MAC address (like 02:00:00:00:00:01)" % mac) from None
+
+
+def mac_str(raw) -> str:
+    return ":".join("%02x" % b for b in bytes(raw))
+
+
+def _address(text: str) -> ipaddress._BaseAddress:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise UserError("%r is not an IP address" % text) from None
+
+
+def _set_addr(addr: V4V6, ip) -> int:
+    """Store an address in the union; returns the key family."""
+    if ip.version == 4:
+        ctypes.memmove(addr.ip4, ip.packed, 4)
+        return ENDPOINT_KEY_IPV4
+    ctypes.memmove(addr.ip6, ip.packed, 16)
+    return ENDPOINT_KEY_IPV6
+
+
+def _get_addr(addr: V4V6, family: int):
+    return ipaddress.ip_address(bytes(addr.ip4) if family == ENDPOINT_KEY_IPV4 else bytes(addr.ip6))
+
+
+def ip4_be(text: str | None) -> be32:
+    """An IPv4 address (None: 0.0.0.0) as the 4 network-order bytes of a __be32 field."""
+    return be32(*_address(text or "0.0.0.0").packed)
+
+
+def ip4_str(raw) -> str | None:
+    """The address in a __be32 field; None for 0.0.0.0 (unset)."""
+    data = bytes(raw)
+    return None if data == bytes(4) else socket.inet_ntoa(data)
+
+
+# --- a pinned map -----------------------------------------------------------------------------------
+class Map(libbpf.Closable):
+    """A map pinned in bpffs, with ctypes key and value types. For a per-CPU map a lookup returns one
+    value per possible CPU."""
+
+    def __init__(self, path: str, key_type, value_type, percpu: bool = False):
+        self.path, self.key_type, self.value_type, self.percpu = path, key_type, value_type, percpu
+        try:
+            self.fd = libbpf.obj_get(path)
+        except libbpf.LibbpfError as exc:
+            if exc.errno == errno.ENOENT:
+                raise UserError("no map pinned at %s (is the datapath loaded? `apiary datapath apply`)" % path) from None
+            raise
+        info = libbpf.map_info(self.fd)
+        want = (ctypes.sizeof(key_type), ctypes.sizeof(value_type))
+        if (info["key_size"], info["value_size"]) != want:
+            self.close()
+            raise UserError("map %s has %d-byte keys and %d-byte values; this runtime expects %d and %d "
+                            "(objects and runtime from different versions?)" % ((path, info["key_size"],
+                                                                                 info["value_size"]) + want))
+        self._ncpus = libbpf.num_possible_cpus() if percpu else 1
+        # Per-CPU values come as one 8-byte aligned slot per possible CPU.
+        self._stride = (ctypes.sizeof(value_type) + 7) & ~7
+
+    @classmethod
+    def open(cls, pin_dir: str, name: str) -> "Map":
+        key_type, value_type, percpu = LAYOUTS[name]
+        return cls(os.path.join(pin_dir, name), key_type, value_type, percpu)
+
+    def close(self) -> None:
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _values(self, buf):
+        values = [self.value_type.from_buffer_copy(buf, cpu * self._stride) for cpu in range(self._ncpus)]
+        return values if self.percpu else values[0]
+
+    def lookup(self, key):
+        buf = ctypes.create_string_buffer(self._stride * self._ncpus)
+        return self._values(buf) if libbpf.map_lookup(self.fd, key, buf) else None
+
+    def update(self, key, value, flags: int = libbpf.BPF_ANY) -> None:
+        libbpf.map_update(self.fd, key, value, flags)
+
+    def delete(self, key) -> bool:
+        return libbpf.map_delete(self.fd, key)
+
+    def keys(self):
+        key, following = None, self.key_type()
+        while libbpf.map_get_next_key(self.fd, key, following):
+            key, following = following, self.key_type()
+            yield key
+
+    def items(self):
+        for key in self.keys():
+            value = self.lookup(key)
+            if value is not None:  # deleted meanwhile
+                yield key, value
+
+
+class _TypedMap(Map):
+    NAME = ""
+
+    def __init__(self, pin_dir: str):
+        key_type, value_type, percpu = LAYOUTS[self.NAME]
+        super().__init__(os.path.join(pin_dir, self.NAME), key_type, value_type, percpu)
+
+
+class EndpointMap(_TypedMap):
+    """apiary_lxc: this node's endpoints by IP."""
+    NAME = "apiary_lxc"
+
+    @staticmethod
+    def key(ip: str) -> EndpointKey:
+        key = EndpointKey()
+        key.family = _set_addr(key.addr, _address(ip))
+        return key
+
+    @staticmethod
+    def _dict(key: EndpointKey, info: EndpointInfo) -> dict:
+        return {"ip": str(_get_addr(key.addr, key.family)), "ifindex": info.ifindex, "lxc_id": info.lxc_id,
+                "flags": info.flags, "identity": info.sec_identity, "mac": mac_str(info.mac),
+                "node_mac": mac_str(info.node_mac)}
+
+    def set(self, ip: str, ifindex: int, lxc_id: int, identity: int, mac: str, node_mac: str, flags: int = 0) -> None:
+        info = EndpointInfo(ifindex=ifindex, lxc_id=lxc_id, flags=flags, sec_identity=identity,
+                            mac=mac_bytes(mac), node_mac=mac_bytes(node_mac))
+        self.update(self.key(ip), info)
+
+    def get(self, ip: str) -> dict | None:
+        key = self.key(ip)
+        info = self.lookup(key)
+        return None if info is None else self._dict(key, info)
+
+    def delete(self, ip: str) -> bool:
+        return super().delete(self.key(ip))
+
+    def list(self) -> list[dict]:
+        return sorted((self._dict(k, v) for k, v in self.items()), key=lambda e: _address(e["ip"]))
+
+
+class IpcacheMap(_TypedMap):
+    """apiary_ipcache: prefixes ("10.233.65.4/32"; a bare address is a host) to identity and node."""
+    NAME = "apiary_ipcache"
+
+    @staticmethod
+    def key(prefix: str) -> IpcacheKey:
+        try:
+            net = ipaddress.ip_network(prefix, strict=True)
+        except ValueError as exc:
+            raise UserError("%r is not an IP prefix: %s" % (prefix, exc)) from None
+        key = IpcacheKey(prefixlen=IPCACHE_PREFIX_BITS + net.prefixlen)
+        key.family = _set_addr(key.addr, net.network_address)
+        return key
+
+    @staticmethod
+    def _value(info: RemoteEndpointInfo) -> dict:
+        return {"identity": info.sec_identity, "tunnel_endpoint": ip4_str(info.tunnel_endpoint),
+                "node_id": info.node_id, "key": info.key, "flags": info.flags}
+
+    def set(self, prefix: str, identity: int, tunnel_endpoint: str | None = None, node_id: int = 0,
+            key: int = 0, flags: int = 0) -> None:
+        info = RemoteEndpointInfo(sec_identity=identity, tunnel_endpoint=ip4_be(tunnel_endpoint), node_id=node_id,
+                                  key=key, flags=flags)
+        self.update(self.key(prefix), info)
+
+    def get(self, address_or_prefix: str) -> dict | None:
+        """What the datapath sees: the longest prefix in the map that holds the address (or prefix)."""
+        info = self.lookup(self.key(address_or_prefix))
+        return None if info is None else self._value(info)
+
+    def delete(self, prefix: str) -> bool:
+        return super().delete(self.key(prefix))
+
+    def list(self) -> list[dict]:
+        entries = []
+        for key, info in self.items():
+            prefix = "%s/%d" % (_get_addr(key.addr, key.family), key.prefixlen - IPCACHE_PREFIX_BITS)
+            entries.append(dict(self._value(info), prefix=prefix))
+        return sorted(entries, key=lambda e: ipaddress.ip_network(e["prefix"]))
+
+
+class MetricsMap(_TypedMap):
+    """apiary_metrics: packets and bytes per (reason, direction), summed over the CPUs."""
+    NAME = "apiary_metrics"
+
+    def list(self) -> list[dict]:
+        rows = []
+        for key, per_cpu in self.items():
+            rows.append({"reason": key.reason, "reason_name": REASONS.get(key.reason, "reason %d" % key.reason),
+                         "direction": METRIC_DIRECTIONS.get(key.dir, str(key.dir)),
+                         "count": sum(v.count for v in per_cpu), "bytes": sum(v.bytes for v in per_cpu)})
+        return sorted(rows, key=lambda r: (r["reason"], r["direction"]))

@@ -1,0 +1,85 @@
+"""The ctypes mirrors in apiary.bpf.maps match bpf/lib/maps.h byte for byte (read from the BTF that
+clang puts in the objects), and the typed maps convert values both ways."""
+import ctypes
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from apiary.bpf import maps
+
+
+def _btf_structs(obj_path):
+    if not shutil.which("bpftool"):
+        pytest.skip("needs bpftool")
+    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file", obj_path], check=True, capture_output=True,
+                         text=True).stdout
+    types = {t["id"]: t for t in json.loads(out)["types"]}
+
+    def size(type_id):
+        t = types[type_id]
+        if t["kind"] in ("TYPEDEF", "CONST", "VOLATILE"):
+            return size(t["type_id"])
+        if t["kind"] == "ARRAY":
+            return t["nr_elems"] * size(t["type_id"])
+        return t["size"]
+
+    structs = {}
+    for t in types.values():
+        if t["kind"] in ("STRUCT", "UNION") and t.get("name") in maps.STRUCTS:
+            structs[t["name"]] = {"size": t["size"], "members": [
+                (m["name"], m["bits_offset"] // 8, size(m["type_id"])) for m in t["members"]]}
+    return structs
+
+
+def _ctypes_layout(cls):
+    return {"size": ctypes.sizeof(cls), "members": [
+        (name, getattr(cls, name).offset, getattr(cls, name).size) for name, *_ in cls._fields_]}
+
+
+@pytest.mark.parametrize("obj", ["bpf_lxc.o", "bpf_host.o", "bpf_overlay.o"])
+def test_structs_match_the_objects_btf(objects_dir, obj):
+    btf = _btf_structs("%s/%s" % (objects_dir, obj))
+    for name, cls in maps.STRUCTS.items():
+        assert name in btf, "struct %s is not in %s's BTF" % (name, obj)
+        assert _ctypes_layout(cls) == btf[name], name
+
+
+def test_map_definitions_match_the_layouts(objects_dir):
+    """Each map's key and value sizes (from the object's map definitions) are the mirrors' sizes."""
+    if not shutil.which("bpftool"):
+        pytest.skip("needs bpftool")
+    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file", "%s/bpf_lxc.o" % objects_dir], check=True,
+                         capture_output=True, text=True).stdout
+    types = {t["id"]: t for t in json.loads(out)["types"]}
+    datasec = next(t for t in types.values() if t["kind"] == "DATASEC" and t["name"] == ".maps")
+    names = sorted(types[v["type_id"]]["name"] for v in datasec["vars"])
+    assert names == sorted(maps.MAP_NAMES)
+
+
+def test_sizes_from_the_contract():
+    # docs/datapath.md: the shapes the agent, the CLI and later issues rely on.
+    assert ctypes.sizeof(maps.EndpointKey) == 20
+    assert ctypes.sizeof(maps.EndpointInfo) == 28
+    assert ctypes.sizeof(maps.IpcacheKey) == 24
+    assert ctypes.sizeof(maps.RemoteEndpointInfo) == 12
+    assert ctypes.sizeof(maps.Ipv4CtTuple) == 14  # packed
+    assert ctypes.sizeof(maps.MetricsKey) == 4
+
+
+def test_keys_hold_addresses_in_network_order():
+    key = maps.EndpointMap.key("10.233.65.4")
+    assert bytes(key.addr.ip4) == bytes([10, 233, 65, 4]) and key.family == maps.ENDPOINT_KEY_IPV4
+    key = maps.IpcacheMap.key("10.233.65.0/24")
+    assert key.prefixlen == 32 + 24 and bytes(key.addr.ip4) == bytes([10, 233, 65, 0])
+    assert maps.IpcacheMap.key("10.233.65.4").prefixlen == 64
+    assert maps.ip4_str(maps.ip4_be("192.0.2.7")) == "192.0.2.7" and maps.ip4_str(maps.ip4_be(None)) is None
+    assert maps.mac_str(maps.mac_bytes("02:00:0A:e9:41:04")) == "02:00:0a:e9:41:04"
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.1/33", "10.0.0.1/24", "nonsense"])
+def test_bad_prefixes_are_user_errors(bad):
+    from apiary.errors import UserError
+    with pytest.raises(UserError):
+        maps.IpcacheMap.key(bad)
