@@ -1,0 +1,382 @@
+"""Load the datapath on a node and attach it (docs/datapath.md).
+
+Everything happens in the calling process's network namespace (the node's): the uplink, the lxc
+devices of the endpoints and apiary_vxlan are looked up there. Maps are pinned by name in the pin dir
+(libbpf reuses them on every load, so endpoints and ipcache survive a reload), programs under
+`<pin dir>/progs/<name>`. What was loaded from which object (sha256) is kept in a state file (bpffs
+holds no regular files), by default `datapath.json` beside the objects folder.
+
+apply() is idempotent: the same objects with every attachment in place changes nothing. New objects
+are loaded first, then each filter is swapped with BPF_TC_F_REPLACE on the same handle and priority
+(every packet sees the old or the new program, so connections never notice), then re-pinned.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import socket
+import subprocess
+
+from apiary.bpf import libbpf, maps
+from apiary.errors import UserError
+
+# Object file -> the programs in it.
+OBJECTS = {
+    "bpf_lxc.o": ("from_container",),
+    "bpf_host.o": ("from_netdev",),
+    "bpf_overlay.o": ("from_overlay", "to_overlay"),
+}
+PROGRAMS = {prog: obj for obj, progs in OBJECTS.items() for prog in progs}
+ROUTING_MODES = ("native", "tunnel")
+VXLAN_DEVICE = "apiary_vxlan"
+VXLAN_PORT = 8472
+VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN + inner Ethernet
+# Every Apiary filter is the cls_bpf filter with this handle and priority on its hook.
+TC_HANDLE = 1
+TC_PRIORITY = 1
+BPF_FS_MAGIC = 0xCAFE4A11
+STATE_FILE_NAME = "datapath.json"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def default_state_file(objects_dir: str) -> str:
+    """`datapath.json` beside the objects folder (e.g. /var/lib/apiary/datapath.json)."""
+    return os.path.join(os.path.dirname(os.path.abspath(objects_dir.rstrip("/"))), STATE_FILE_NAME)
+
+
+# --- the node ---------------------------------------------------------------------------------------
+def _ifindex(name: str) -> int | None:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+def _ifname(ifindex: int) -> str | None:
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return None
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["ip"] + list(args), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise UserError("ip %s: %s" % (" ".join(args), proc.stderr.strip() or "exit %d" % proc.returncode))
+    return proc
+
+
+def _link(name: str) -> dict | None:
+    """`ip -d -j link show` of a device, or None when there is none."""
+    proc = _ip("-d", "-j", "link", "show", "dev", name, check=False)
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout)[0]
+
+
+def _on_bpffs(path: str) -> bool:
+    """Whether `path` (or, while it does not exist, its nearest existing parent) is on a bpf filesystem."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field (a long)
+    if _libc.statfs(path.encode(), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "statfs(%s): %s" % (path, os.strerror(err)))
+    return ctypes.c_long.from_buffer(buf).value == BPF_FS_MAGIC
+
+
+@contextlib.contextmanager
+def _locked(pin_dir: str):
+    """One loader at a time per pin dir (apply, remove and the agent's attach_endpoint)."""
+    if not os.path.isdir(pin_dir):
+        yield
+        return
+    fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- pins ------------------------------------------------------------------------------------------
+def _prog_pin(pin_dir: str, name: str) -> str:
+    return os.path.join(pin_dir, "progs", name)
+
+
+def _pinned_programs(pin_dir: str) -> dict:
+    """{program: {id, tag}} of the programs pinned under the pin dir."""
+    found = {}
+    for name in PROGRAMS:
+        if os.path.exists(_prog_pin(pin_dir, name)):
+            fd = libbpf.obj_get(_prog_pin(pin_dir, name))
+            try:
+                info = libbpf.prog_info(fd)
+            finally:
+                os.close(fd)
+            found[name] = {"id": info["id"], "tag": info["tag"]}
+    return found
+
+
+def _pin_replacing(fd: int, path: str) -> None:
+    """Pin under a temporary name, then rename over the old pin: the path always holds a program."""
+    tmp = path + "-new"  # bpffs allows no "." in names
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    libbpf.obj_pin(fd, tmp)
+    os.rename(tmp, path)
+
+
+def _endpoint_ifindexes(pin_dir: str) -> list[int]:
+    """The lxc devices of the endpoints in apiary_lxc (none while the map is not pinned)."""
+    if not os.path.exists(os.path.join(pin_dir, maps.EndpointMap.NAME)):
+        return []
+    with maps.EndpointMap(pin_dir) as endpoints:
+        return sorted({info.ifindex for _, info in endpoints.items()})
+
+
+def _read_state(path: str) -> dict:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        return {}  # a damaged state file only costs a reload
+
+
+def _write_state(path: str, state: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(state, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.rename(tmp, path)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- the VXLAN device --------------------------------------------------------------------------------
+def _plan_vxlan(routing_mode: str, mtu: int) -> tuple[list[str], str | None]:
+    """Human lines and what to do with apiary_vxlan: None, "create", "recreate", "configure", "delete"."""
+    link = _link(VXLAN_DEVICE)
+    if routing_mode != "tunnel":
+        return (["delete %s (routing mode native)" % VXLAN_DEVICE], "delete") if link else ([], None)
+    spec = "VXLAN external, UDP %d, NOARP, MTU %d" % (VXLAN_PORT, mtu)
+    if link is None:
+        return ["create %s (%s)" % (VXLAN_DEVICE, spec)], "create"
+    info = link.get("linkinfo", {})
+    data = info.get("info_data", {})
+    if info.get("info_kind") != "vxlan" or not data.get("external") or data.get("port") != VXLAN_PORT:
+        return ["recreate %s as %s (it is %s, port %s, external %s)" % (
+            VXLAN_DEVICE, spec, info.get("info_kind"), data.get("port"), bool(data.get("external")))], "recreate"
+    flags = link.get("flags", [])
+    if link.get("mtu") != mtu or "NOARP" not in flags or "UP" not in flags:
+        return ["configure %s: %s, up" % (VXLAN_DEVICE, spec)], "configure"
+    return [], None
+
+
+def _do_vxlan(todo: str | None, mtu: int) -> None:
+    if todo in ("delete", "recreate"):
+        _ip("link", "del", "dev", VXLAN_DEVICE)
+    if todo in ("create", "recreate"):
+        _ip("link", "add", VXLAN_DEVICE, "type", "vxlan", "external", "dstport", str(VXLAN_PORT))
+    if todo in ("create", "recreate", "configure"):
+        _ip("link", "set", "dev", VXLAN_DEVICE, "arp", "off", "mtu", str(mtu), "up")
+
+
+# --- attachments ----------------------------------------------------------------------------------
+def expected_attachments(pin_dir: str, uplink: str = "eth0", routing_mode: str | None = None) -> list:
+    """(device, attach point, program) for every hook of the routing mode (None: tunnel when
+    apiary_vxlan exists), with the lxc device of every endpoint in apiary_lxc that still exists."""
+    if routing_mode is None:
+        routing_mode = "tunnel" if _ifindex(VXLAN_DEVICE) is not None else "native"
+    hooks = [(uplink, "ingress", "from_netdev")]
+    if routing_mode == "tunnel":
+        hooks += [(VXLAN_DEVICE, "ingress", "from_overlay"), (VXLAN_DEVICE, "egress", "to_overlay")]
+    for ifindex in _endpoint_ifindexes(pin_dir):
+        name = _ifname(ifindex)
+        if name is not None:  # an endpoint whose device is gone has nothing to attach to
+            hooks.append((name, "ingress", "from_container"))
+    return hooks
+
+
+def _attached(device: str, point: str) -> int | None:
+    ifindex = _ifindex(device)
+    return None if ifindex is None else libbpf.tc_query(ifindex, point, TC_HANDLE, TC_PRIORITY)
+
+
+def _attach(device: str, point: str, prog_fd: int) -> int:
+    ifindex = _ifindex(device)
+    if ifindex is None:
+        raise UserError("cannot attach to %s: no such device" % device)
+    libbpf.tc_hook_create(ifindex, point)
+    return libbpf.tc_attach(ifindex, point, prog_fd, TC_HANDLE, TC_PRIORITY, replace=True)
+
+
+def _check_inputs(pin_dir: str) -> None:
+    if not _on_bpffs(pin_dir):
+        raise UserError("pin dir %s is not on a bpf filesystem (mount -t bpf bpffs /sys/fs/bpf)" % pin_dir)
+
+
+# --- the public API --------------------------------------------------------------------------------
+def apply(objects_dir: str, pin_dir: str, uplink: str, routing_mode: str, check: bool = False,
+          state_file: str | None = None) -> dict:
+    """Make the node's datapath what the objects and the routing mode say.
+
+    Returns {changed, actions: [human lines], programs: {name: {id, tag}}, previous_programs, objects:
+    {file: sha256}}. With check=True nothing is changed; the actions say what would be done, and
+    programs that would be reloaded have id and tag None.
+    """
+    if routing_mode not in ROUTING_MODES:
+        raise UserError("routing mode must be one of %s, not %r" % (", ".join(ROUTING_MODES), routing_mode))
+    paths = {obj: os.path.join(objects_dir, obj) for obj in OBJECTS}
+    missing = sorted(obj for obj, path in paths.items() if not os.path.isfile(path))
+    if missing:
+        raise UserError("%s: missing %s (build them with `make bpf`)" % (objects_dir, ", ".join(missing)))
+    if _ifindex(uplink) is None:
+        raise UserError("uplink %s: no such device in this network namespace" % uplink)
+    _check_inputs(pin_dir)
+    state_file = state_file or default_state_file(objects_dir)
+    digests = {obj: _sha256(path) for obj, path in paths.items()}
+    if not check:
+        os.makedirs(os.path.join(pin_dir, "progs"), mode=0o700, exist_ok=True)
+
+    with _locked(pin_dir):
+        state = _read_state(state_file)
+        before = _pinned_programs(pin_dir)
+        recorded = state.get("programs", {})
+        stale = [obj for obj in OBJECTS
+                 if digests[obj] != state.get("objects", {}).get(obj)
+                 or any(prog not in before or before[prog]["id"] != recorded.get(prog, {}).get("id")
+                        for prog in OBJECTS[obj])]
+        reload = {prog for obj in stale for prog in OBJECTS[obj]}
+        mtu = int(_link(uplink)["mtu"]) - VXLAN_OVERHEAD
+        actions, vxlan_todo = _plan_vxlan(routing_mode, mtu)
+        actions += ["load %s (sha256 %s)" % (obj, digests[obj][:12]) for obj in stale]
+
+        hooks = expected_attachments(pin_dir, uplink, routing_mode)
+        # A device about to be (re)created has no filters.
+        current = {(dev, point): None if dev == VXLAN_DEVICE and vxlan_todo in ("create", "recreate")
+                   else _attached(dev, point) for dev, point, _ in hooks}
+        todo = [(dev, point, prog) for dev, point, prog in hooks
+                if prog in reload or current[(dev, point)] != before[prog]["id"]]
+        for dev, point, prog in todo:
+            verb = "replace" if current[(dev, point)] else "attach"
+            actions.append("%s %s on %s %s" % (verb, prog, dev, point))
+
+        result = {"changed": bool(actions), "actions": actions, "objects": digests,
+                  "previous_programs": before, "routing_mode": routing_mode, "uplink": uplink}
+        if check:
+            result["programs"] = {p: before[p] if p in before and p not in reload else {"id": None, "tag": None}
+                                  for p in PROGRAMS}
+            return result
+
+        with contextlib.ExitStack() as cleanup:
+            fds = {}
+            for obj in stale:  # load everything before touching any hook
+                loaded = cleanup.enter_context(libbpf.BpfObject(paths[obj], pin_root_path=pin_dir))
+                loaded.load()
+                fds.update({prog: loaded.program_fd(prog) for prog in OBJECTS[obj]})
+            for prog in set(PROGRAMS) - set(fds):
+                fds[prog] = libbpf.obj_get(_prog_pin(pin_dir, prog))
+                cleanup.callback(os.close, fds[prog])
+            _do_vxlan(vxlan_todo, mtu)
+            for dev, point, prog in todo:
+                _attach(dev, point, fds[prog])
+            for prog in sorted(reload):
+                _pin_replacing(fds[prog], _prog_pin(pin_dir, prog))
+        result["programs"] = _pinned_programs(pin_dir)
+        _write_state(state_file, {"objects": digests, "programs": result["programs"], "routing_mode": routing_mode,
+                                  "uplink": uplink, "pin_dir": pin_dir})
+    return result
+
+
+def attach_endpoint(pin_dir: str, ifindex: int) -> bool:
+    """Attach from_container to an endpoint's lxc device (tc ingress); False when it already was."""
+    with _locked(pin_dir):
+        try:
+            fd = libbpf.obj_get(_prog_pin(pin_dir, "from_container"))
+        except libbpf.LibbpfError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            raise UserError("from_container is not pinned under %s (run `apiary datapath apply` first)"
+                            % pin_dir) from None
+        try:
+            if libbpf.tc_query(ifindex, "ingress", TC_HANDLE, TC_PRIORITY) == libbpf.prog_info(fd)["id"]:
+                return False
+            libbpf.tc_hook_create(ifindex, "ingress")
+            libbpf.tc_attach(ifindex, "ingress", fd, TC_HANDLE, TC_PRIORITY, replace=True)
+            return True
+        finally:
+            os.close(fd)
+
+
+def attached(pin_dir: str, ifindex: int, point: str, program: str) -> bool:
+    """Whether the device's Apiary filter on `point` runs the pinned `program`."""
+    pinned = _pinned_programs(pin_dir).get(program)
+    if pinned is None or _ifname(ifindex) is None:
+        return False
+    return libbpf.tc_query(ifindex, point, TC_HANDLE, TC_PRIORITY) == pinned["id"]
+
+
+def endpoint_attached(pin_dir: str, ifindex: int) -> bool:
+    return attached(pin_dir, ifindex, "ingress", "from_container")
+
+
+def detach_endpoint(ifindex: int) -> bool:
+    """Detach from_container from an endpoint's device; False when it was not attached (or is gone)."""
+    return libbpf.tc_detach(ifindex, "ingress", TC_HANDLE, TC_PRIORITY)
+
+
+def remove(pin_dir: str, uplink: str, check: bool = False, state_file: str | None = None) -> dict:
+    """Detach everything apply() attached, delete apiary_vxlan, unpin programs and maps, forget the state.
+
+    Returns {changed, actions, previous_programs}. A node with nothing left is not an error.
+    """
+    actions = []
+    with _locked(pin_dir):
+        before = _pinned_programs(pin_dir) if os.path.isdir(pin_dir) else {}
+        hooks = [(uplink, "ingress"), (VXLAN_DEVICE, "ingress"), (VXLAN_DEVICE, "egress")]
+        hooks += [(name, "ingress") for name in map(_ifname, _endpoint_ifindexes(pin_dir)) if name]
+        # Only filters running one of our programs: the same handle on the uplink may be someone else's.
+        ours = {info["id"] for info in before.values()}
+        attached = [(dev, point) for dev, point in hooks
+                    if dev != VXLAN_DEVICE and _attached(dev, point) in ours]
+        actions += ["detach %s %s" % hook for hook in attached]
+        vxlan = _link(VXLAN_DEVICE) is not None
+        if vxlan:
+            actions.append("delete %s" % VXLAN_DEVICE)
+        programs = [path for path in map(functools.partial(_prog_pin, pin_dir), PROGRAMS) if os.path.exists(path)]
+        pinned_maps = [path for path in (os.path.join(pin_dir, m) for m in maps.MAP_NAMES) if os.path.exists(path)]
+        if programs or pinned_maps:
+            actions.append("unpin %d programs and %d maps from %s" % (len(programs), len(pinned_maps), pin_dir))
+        if state_file and os.path.exists(state_file):
+            actions.append("delete %s" % state_file)
+        if not check:
+            for dev, point in attached:
+                libbpf.tc_detach(_ifindex(dev), point, TC_HANDLE, TC_PRIORITY)
+            if vxlan:
+                _ip("link", "del", "dev", VXLAN_DEVICE)
+            for path in programs + pinned_maps:
+                os.unlink(path)
+            if state_file and os.path.exists(state_file):
+                os.unlink(state_file)
+    if not check:
+        for folder in (os.path.join(pin_dir, "progs"), pin_dir):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.rmdir(folder)  # only when empty: anything else pinned there is not ours
+    return {"changed": bool(actions), "actions": actions, "previous_programs": before}

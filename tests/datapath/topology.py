@@ -1,0 +1,142 @@
+"""Two nodes and four pods, each a network namespace, wired as docs/datapath.md says.
+
+    pod n1a, n1b ── lxc… ── node n1 ── eth0 ══ underlay 10.99.0.0/24 ══ eth0 ── node n2 ── lxc… ── pod n2a, n2b
+
+Nodes: the router IP (first address of the node's pod CIDR) as /32 on lo, a /32 route per pod
+`dev lxc… src <router IP>`, ip_forward=1, rp_filter=0; between nodes a route per remote pod CIDR
+via the underlay (native) or `dev apiary_vxlan` (tunnel). Pods: their IP /32 on eth0, a scope-link
+route to the router IP and `default via <router IP>` (MTU 1450 in tunnel mode). Everything lives in
+namespaces named apiary-t-<random>-…; nothing is added to the root namespace.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+
+from apiary import netns
+from apiary.bpf import maps
+from apiary.datapath import loader
+
+UNDERLAY = {"n1": "10.99.0.1", "n2": "10.99.0.2"}
+POD_CIDR = {"n1": "10.233.64.0/24", "n2": "10.233.65.0/24"}
+ROUTER = {"n1": "10.233.64.1", "n2": "10.233.65.1"}
+PODS = {  # name: (node, ip, mac, identity)
+    "n1a": ("n1", "10.233.64.10", "02:00:0a:e9:40:0a", 1001),
+    "n1b": ("n1", "10.233.64.11", "02:00:0a:e9:40:0b", 1002),
+    "n2a": ("n2", "10.233.65.10", "02:00:0a:e9:41:0a", 2001),
+    "n2b": ("n2", "10.233.65.11", "02:00:0a:e9:41:0b", 2002),
+}
+
+
+def sh(*cmd, check=True, input=None):
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError("%s: exit %d\n%s%s" % (" ".join(cmd), proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+class Topology:
+    def __init__(self, mode: str, bpffs: str, state_dir: str):
+        self.mode, self.state_dir = mode, state_dir
+        self.tag = "apiary-t-" + secrets.token_hex(3)
+        self.pin_dir = {node: os.path.join(bpffs, self.tag, node) for node in UNDERLAY}
+        self.lxc = {pod: "lxc" + secrets.token_hex(6)[:11] for pod in PODS}
+        self.ifindex, self.lxc_mac = {}, {}
+        self.processes = []
+
+    # --- names and commands ---------------------------------------------------------------------
+    def ns(self, name: str) -> str:
+        return "%s-%s" % (self.tag, name)
+
+    def batch(self, name: str, lines: list[str]) -> None:
+        sh("ip", "-n", self.ns(name), "-batch", "-", input="\n".join(lines) + "\n")
+
+    def run(self, name: str, *cmd, check=True):
+        return sh("nsenter", "--net=" + netns.path(self.ns(name)), *cmd, check=check)
+
+    def popen(self, name: str, *cmd) -> subprocess.Popen:
+        proc = subprocess.Popen(["nsenter", "--net=" + netns.path(self.ns(name))] + list(cmd),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.processes.append(proc)
+        return proc
+
+    def in_node(self, node: str, func, *args):
+        return netns.call_in(self.ns(node), func, *args)
+
+    def state_file(self, node: str) -> str:
+        return os.path.join(self.state_dir, "%s.json" % node)
+
+    # --- building -----------------------------------------------------------------------------
+    def build(self) -> None:
+        for name in list(UNDERLAY) + list(PODS):
+            sh("ip", "netns", "add", self.ns(name))
+        for node in UNDERLAY:
+            self.run(node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+                     "net.ipv4.conf.default.rp_filter=0")
+        self.batch("n1", ["link add eth0 type veth peer name eth0 netns %s" % self.ns("n2")])
+        for node, address in UNDERLAY.items():
+            self.batch(node, ["link set lo up", "addr add %s/24 dev eth0" % address, "link set eth0 up",
+                              "addr add %s/32 dev lo" % ROUTER[node]])
+        for pod, (node, address, mac, _) in PODS.items():
+            lxc = self.lxc[pod]
+            self.batch(node, ["link add %s type veth peer name eth0 netns %s" % (lxc, self.ns(pod)),
+                              "link set %s up" % lxc,
+                              "route add %s/32 dev %s src %s" % (address, lxc, ROUTER[node])])
+            mtu = " mtu 1450" if self.mode == "tunnel" else ""
+            self.batch(pod, ["link set lo up", "link set eth0 address %s" % mac, "addr add %s/32 dev eth0" % address,
+                             "link set eth0 up", "route add %s dev eth0 scope link" % ROUTER[node],
+                             "route add default via %s dev eth0%s" % (ROUTER[node], mtu)])
+            # The node's kernel must not answer the pod's ARP itself: the gateway's MAC has to come from
+            # from_container's ARP responder (a kernel answer would carry the same MAC and hide a bug).
+            self.run(node, "sysctl", "-q", "-w", "net.ipv4.conf.%s.arp_ignore=8" % lxc)
+            link = json.loads(sh("ip", "-n", self.ns(node), "-j", "link", "show", "dev", lxc).stdout)[0]
+            self.ifindex[pod], self.lxc_mac[pod] = link["ifindex"], link["address"]
+
+    def apply(self, objects_dir: str, node: str, check: bool = False) -> dict:
+        return self.in_node(node, loader.apply, objects_dir, self.pin_dir[node], "eth0", self.mode, check,
+                            self.state_file(node))
+
+    def load(self, objects_dir: str) -> None:
+        """Load the datapath on both nodes, fill the maps as the agent would, attach the endpoints,
+        and route the remote pod CIDR."""
+        for node in UNDERLAY:
+            self.apply(objects_dir, node)
+            with maps.EndpointMap(self.pin_dir[node]) as endpoints, maps.IpcacheMap(self.pin_dir[node]) as ipcache:
+                for pod, (pod_node, address, mac, identity) in PODS.items():
+                    remote = pod_node != node
+                    ipcache.set(address + "/32", identity, UNDERLAY[pod_node] if remote else None)
+                    if not remote:
+                        endpoints.set(address, self.ifindex[pod], lxc_id=int(address.rsplit(".", 1)[1]),
+                                      identity=identity, mac=mac, node_mac=self.lxc_mac[pod])
+                        assert self.in_node(node, loader.attach_endpoint, self.pin_dir[node], self.ifindex[pod])
+            other = "n2" if node == "n1" else "n1"
+            if self.mode == "tunnel":
+                route = "route add %s dev apiary_vxlan src %s" % (POD_CIDR[other], ROUTER[node])
+            else:
+                route = "route add %s via %s dev eth0" % (POD_CIDR[other], UNDERLAY[other])
+            self.batch(node, [route])
+
+    def teardown(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for name in list(PODS) + list(UNDERLAY):
+            sh("ip", "netns", "del", self.ns(name), check=False)
+
+    # --- probing ------------------------------------------------------------------------------
+    def ping(self, pod: str, address: str, count: int = 1, source: str | None = None) -> bool:
+        cmd = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", address]
+        if source:
+            cmd[1:1] = ["-I", source]
+        return self.run(pod, *cmd, check=False).returncode == 0
+
+    def metrics(self, node: str) -> dict:
+        """{(reason, direction): count} on a node."""
+        with maps.MetricsMap(self.pin_dir[node]) as metrics:
+            return {(row["reason"], row["direction"]): row["count"] for row in metrics.list()}
+
+    def tc_filters(self, node: str, device: str, point: str) -> str:
+        return sh("tc", "-n", self.ns(node), "filter", "show", "dev", device, point, check=False).stdout
