@@ -158,3 +158,12 @@ def test_age_and_jsonpath():
     data = {"items": [{"status": {"podIP": "1.2.3.4"}}, {"status": {"podIP": "5.6.7.8"}}]}
     assert cli._jsonpath("{.items[*].status.podIP}", data) == "1.2.3.4 5.6.7.8"
     assert cli._jsonpath("{.status.podIP}", data["items"][0]) == "1.2.3.4"
+
+
+def test_exec_options_after_the_pod_name():
+    from apiary.cli import build_parser
+    parser = build_parser()
+    args = parser.parse_args(["lab", "exec", "-it", "-n", "x", "backend", "--", "wget", "-qO-", "http://a"])
+    assert (cli._exec_options(args, args.cmd), args.namespace, args.pod) == (["wget", "-qO-", "http://a"], "x", "backend")
+    args = parser.parse_args(["lab", "exec", "backend", "-c", "c", "-n", "y", "--", "ls", "--", "-l"])
+    assert (cli._exec_options(args, args.cmd), args.namespace, args.container) == (["ls", "--", "-l"], "y", "c")

@@ -234,6 +234,7 @@ def test_containers_have_their_own_hostname_hosts_and_resolv_conf(lab):
     wget = lab.cli("exec", "-n", NS, "backend", "--", "which", "wget").stdout.strip()
     assert wget.endswith("/busybox/bin/wget") and os.path.realpath(wget) == os.path.realpath("/bin/busybox")
     assert lab.cli("exec", "-n", NS, "backend", "--", "sh", "-c", "exit 3", check=False).returncode == 3
+    assert lab.cli("exec", "backend", "-n", NS, "-i", "--", "cat", input="from stdin\n").stdout == "from stdin\n"
     assert "Backend Pod is Running" in lab.cli("logs", "-n", NS, "backend").stdout
 
 

@@ -11,6 +11,7 @@ Workload commands talk to the store from inside the lab's etcd node (see apiary.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -354,11 +355,30 @@ def _pod_and_container(cluster, args):
     return pod, container
 
 
+def _exec_options(args, rest: list) -> list:
+    """Options given after the pod name (`exec POD -c C -n NS -- CMD`, as kubectl allows) go into
+    args; returns the command (what follows `--`)."""
+    if "--" not in rest:
+        return rest
+    head, command = rest[: rest.index("--")], rest[rest.index("--") + 1:]
+    while head:
+        word = head.pop(0)
+        if word in ("-c", "--container", "-n", "--namespace") and head:
+            setattr(args, "container" if word in ("-c", "--container") else "namespace", head.pop(0))
+        elif word.startswith(("--container=", "--namespace=")):
+            name, _, value = word[2:].partition("=")
+            setattr(args, name, value)
+        elif word in ("-i", "-t", "-it", "-ti", "--stdin", "--tty"):
+            continue
+        else:
+            raise UserError("exec: unexpected %r before '--' (usage: exec [-n NS] POD [-c CONTAINER] -- CMD...)"
+                            % word)
+    return command
+
+
 @_store_errors
 def _exec(args) -> int:
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command = _exec_options(args, list(args.cmd))
     if not command:
         raise UserError("you must specify at least one command for the container (… -- CMD ...)")
     cluster = _cluster(args)
@@ -433,7 +453,7 @@ def register(sub) -> None:
     exec_.add_argument("-i", "--stdin", action="store_true", help="accepted (stdin always passes through)")
     exec_.add_argument("-t", "--tty", action="store_true", help="accepted (the terminal is passed through)")
     exec_.add_argument("pod")
-    exec_.add_argument("command", nargs="...")
+    exec_.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
     exec_.set_defaults(func=_exec)
 
     logs = lab_sub.add_parser("logs", help="a container's stdout and stderr")

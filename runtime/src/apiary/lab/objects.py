@@ -16,8 +16,6 @@ import copy
 import json
 import re
 
-import yaml
-
 from apiary.lab import images
 
 # kind -> (apiVersion, plural used in store keys and messages, namespaced, kubectl resource name)
@@ -49,6 +47,8 @@ class Problems(list):
 def parse_manifests(text: str, source: str = "-") -> list:
     """Documents of a YAML (multi-document) or JSON file, `kind: List` expanded; empty documents
     are skipped. Raises ValueError with a readable message when the text does not parse."""
+    import yaml  # PyYAML: only needed to read manifests
+
     stripped = text.lstrip()
     try:
         if stripped.startswith("{") or stripped.startswith("["):
