@@ -167,3 +167,15 @@ def test_exec_options_after_the_pod_name():
     assert (cli._exec_options(args, args.cmd), args.namespace, args.pod) == (["wget", "-qO-", "http://a"], "x", "backend")
     args = parser.parse_args(["lab", "exec", "backend", "-c", "c", "-n", "y", "--", "ls", "--", "-l"])
     assert (cli._exec_options(args, args.cmd), args.namespace, args.container) == (["ls", "--", "-l"], "y", "c")
+
+
+def test_interrupted_setup_is_redone_on_apply():
+    c, _ = make()
+    apply(c, manifests.seed())
+    pod = c.store.get("Pod", NS, "backend")
+    pod["status"] = {"phase": "Pending"}  # as an apply killed between the store write and CNI leaves it
+    c.store.put(pod)
+    rc, lines = apply(c, manifests.BACKEND)
+    assert rc == 0 and lines == ["pod/backend unchanged"]
+    assert c.kubelet.stopped == ["backend"] and c.kubelet.started.count("backend") == 2
+    assert c.store.get("Pod", NS, "backend")["status"]["phase"] == "Running"

@@ -158,7 +158,8 @@ class Kubelet:
         node = self.node(pod["spec"]["nodeName"])
         directory = pod_dir(self.lab_root, uid)
         ns = pod_netns(uid)
-        pod["status"] = {"phase": "Pending", "hostIP": node["ip"], "netns": ns, "sandboxID": sandbox_id(uid),
+        pod["status"] = {"phase": "Pending", "hostIP": node["ip"], "nodeName": node["name"], "netns": ns,
+                         "sandboxID": sandbox_id(uid),
                          "podDir": directory, "conditions": [], "containerStatuses": []}
         save(pod)
         reason = "FailedCreatePodSandBox"
@@ -182,12 +183,12 @@ class Kubelet:
             for container in pod["spec"]["containers"]:
                 images.prepare(container, directory)
                 statuses.append(start_container(pod, container, directory, ns))
-        except (cni.CNIError, OSError, subprocess.CalledProcessError, ContainerStartError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the pod is undone and marked Failed
             message = _message(exc)
             pod["status"]["containerStatuses"] = statuses
             self.teardown(pod, grace=0)
             pod["status"] = {"phase": "Failed", "reason": reason, "message": message, "hostIP": node["ip"],
-                             "conditions": [], "containerStatuses": []}
+                             "nodeName": node["name"], "conditions": [], "containerStatuses": []}
             save(pod)
             raise PodFailed(reason, message) from None
         pod["status"].update({

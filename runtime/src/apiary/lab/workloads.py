@@ -59,6 +59,13 @@ def owner_uid(pod: dict) -> str | None:
     return None
 
 
+def needs_setup(pod: dict) -> bool:
+    """A pod whose setup failed (kept as Failed with the reason) or never finished (an apply that was
+    interrupted: still Pending; apply holds the lock, so no other apply is setting it up)."""
+    status = pod.get("status") or {}
+    return status.get("reason") in ("FailedCreatePodSandBox", "StartError") or status.get("phase") in (None, "Pending")
+
+
 class Cluster:
     def __init__(self, lab: dict, lab_root: str, store, out=None, err=None, kubelet=None):
         self.lab = lab
@@ -189,7 +196,9 @@ class Cluster:
             existing["metadata"]["labels"] = new_meta.get("labels") or {}
             self.store.put(existing)
             verb = "configured"
-        if (existing.get("status") or {}).get("reason") in ("FailedCreatePodSandBox", "StartError"):
+        if needs_setup(existing):
+            for warning in self.kubelet.teardown(existing, grace=0):  # what an interrupted setup left
+                self._warn("apiary: warning: pod/%s: %s" % (meta["name"], warning))
             self._start(existing)  # retry, as the kubelet would
         return verb
 
@@ -248,7 +257,7 @@ class Cluster:
         pods = self.owned_pods(dep)
         current = [p for p in pods if p["metadata"].get("labels", {}).get("pod-template-hash") == thash]
         old = [p for p in pods if p not in current]
-        broken = [p for p in current if (p.get("status") or {}).get("reason")]
+        broken = [p for p in current if needs_setup(p)]
         active = [p for p in current if p not in broken]
         for pod in broken:  # a ReplicaSet replaces failed pods
             self._remove_pod(pod)
