@@ -59,6 +59,15 @@ def test_present_check_diff_absent(node, apiary_bin, bpffs, objects_dir, variant
     assert "from_netdev id None" in check["diff"]["after"]
     assert run_module(node, args)["changed"] is False  # check mode changed nothing
 
+    # A new uplink: the old one loses its filter.
+    subprocess.run(["ip", "-n", node, "link", "add", "eth1", "type", "veth", "peer", "name", "peer1"], check=True)
+    moved = run_module(node, dict(args, uplink="eth1"))
+    assert moved["actions"] == ["detach from_netdev from eth0 ingress (the uplink is now eth1)",
+                                "attach from_netdev on eth1 ingress"], moved
+    assert "bpf" not in subprocess.run(["tc", "-n", node, "filter", "show", "dev", "eth0", "ingress"],
+                                       capture_output=True, text=True).stdout
+    args["uplink"] = "eth1"
+
     absent = dict(args, state="absent")
     del absent["objects_dir"]
     assert run_module(node, absent)["changed"]

@@ -268,6 +268,13 @@ def apply(objects_dir: str, pin_dir: str, uplink: str, routing_mode: str, check:
         actions, vxlan_todo = _plan_vxlan(routing_mode, mtu)
         actions += ["load %s (sha256 %s)" % (obj, digests[obj][:12]) for obj in stale]
 
+        # An uplink that was renamed in the inventory keeps no filter of ours.
+        old_uplink = state.get("uplink")
+        if old_uplink and old_uplink != uplink and "from_netdev" in before and \
+                _attached(old_uplink, "ingress") == before["from_netdev"]["id"]:
+            actions.append("detach from_netdev from %s ingress (the uplink is now %s)" % (old_uplink, uplink))
+        else:
+            old_uplink = None
         hooks = expected_attachments(pin_dir, uplink, routing_mode)
         # A device about to be (re)created has no filters.
         current = {(dev, point): None if dev == VXLAN_DEVICE and vxlan_todo in ("create", "recreate")
@@ -295,6 +302,8 @@ def apply(objects_dir: str, pin_dir: str, uplink: str, routing_mode: str, check:
                 fds[prog] = libbpf.obj_get(_prog_pin(pin_dir, prog))
                 cleanup.callback(os.close, fds[prog])
             _do_vxlan(vxlan_todo, mtu)
+            if old_uplink:
+                libbpf.tc_detach(_ifindex(old_uplink), "ingress", TC_HANDLE, TC_PRIORITY)
             for dev, point, prog in todo:
                 _attach(dev, point, fds[prog])
             for prog in sorted(reload):
