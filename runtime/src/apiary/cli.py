@@ -15,6 +15,7 @@ from apiary.errors import UserError
 
 COMMAND_MODULES = [
     "apiary.lab.cli",
+    "apiary.agent.cli",
     "apiary.datapath.cli",
 ]
 

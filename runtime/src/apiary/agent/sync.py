@@ -1,0 +1,143 @@
+"""Keeps this node's ipcache map and routes in step with the store, cluster-wide.
+
+The store holds every node (`/apiary/nodes/`) and every pod IP with its identity
+(`/apiary/ipcache/`). This node's ipcache is a function of both plus a few entries of its own
+(world, this host); routes to other nodes' pod CIDRs follow the nodes. Updates are applied as
+differences, so an unchanged entry is never rewritten. After the first full read, the store is
+watched; when the watch breaks (etcd restarted, compacted), everything is read again.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+
+from apiary import identity as identities
+from apiary import ip
+
+log = logging.getLogger("apiary.agent.sync")
+
+NODES = "/apiary/nodes/"
+IPCACHE = "/apiary/ipcache/"
+# Routes the agent owns carry this protocol number, so they can be listed and removed exactly.
+ROUTE_PROTO = "101"
+VXLAN_DEVICE = "apiary_vxlan"
+RESERVED_ID = {name: ident for ident, name in identities.RESERVED.items()}
+HOST, WORLD, REMOTE_NODE = RESERVED_ID["host"], RESERVED_ID["world"], RESERVED_ID["remote-node"]
+
+
+class StoreSync:
+    def __init__(self, config, store, datapath, node: dict):
+        self.config = config
+        self.store = store
+        self.datapath = datapath
+        self.node = node  # this node's record: name, ip, pod_cidr, router_ip
+        self.nodes: dict[str, dict] = {}
+        self.entries: dict[str, dict] = {}  # prefix -> store value
+        self.applied: dict[str, tuple] = {}  # prefix -> (identity, tunnel endpoint) in the map
+        self.routes: dict[str, dict] = {}  # cidr -> node record routed to
+        self.lock = threading.Lock()
+        self.synced = threading.Event()
+        self.revision = 0
+        self.errors = 0
+
+    # --- desired state ---------------------------------------------------------------------
+    def desired_ipcache(self) -> dict:
+        want = {"0.0.0.0/0": (WORLD, None)}
+        want["%s/32" % self.node["ip"]] = (HOST, None)
+        want["%s/32" % self.node["router_ip"]] = (HOST, None)
+        for name, node in self.nodes.items():
+            if name == self.node["name"]:
+                continue
+            want["%s/32" % node["ip"]] = (REMOTE_NODE, None)
+            want["%s/32" % node["router_ip"]] = (REMOTE_NODE, node["ip"])
+        for prefix, entry in self.entries.items():
+            remote = entry.get("node") != self.node["name"]
+            want[prefix] = (int(entry["identity"]), entry.get("tunnel_endpoint") if remote else None)
+        return want
+
+    def desired_routes(self) -> dict:
+        return {node["pod_cidr"]: node for name, node in self.nodes.items()
+                if name != self.node["name"] and node.get("pod_cidr")}
+
+    # --- applying differences --------------------------------------------------------------
+    def apply(self) -> None:
+        with self.lock:
+            want = self.desired_ipcache()
+            for prefix, value in want.items():
+                if self.applied.get(prefix) != value:
+                    self.datapath.ipcache.set(prefix, identity=value[0], tunnel_endpoint=value[1])
+                    self.applied[prefix] = value
+            for prefix in [p for p in self.applied if p not in want]:
+                self.datapath.ipcache.delete(prefix)
+                del self.applied[prefix]
+            routes = self.desired_routes()
+            for cidr, node in routes.items():
+                if self.routes.get(cidr) != node:
+                    ip.run(self.route_args("replace", cidr, node))
+                    self.routes[cidr] = node
+            for cidr in [c for c in self.routes if c not in routes]:
+                ip.run(["route", "del", cidr, "proto", ROUTE_PROTO], check=False)
+                del self.routes[cidr]
+
+    def route_args(self, verb: str, cidr: str, node: dict) -> list:
+        if self.config.routing_mode == "tunnel":
+            return ["route", verb, cidr, "dev", VXLAN_DEVICE, "src", self.node["router_ip"],
+                    "mtu", str(self.config.pod_mtu), "proto", ROUTE_PROTO]
+        return ["route", verb, cidr, "via", node["ip"], "dev", self.config.uplink, "proto", ROUTE_PROTO]
+
+    def first_sync(self) -> None:
+        """Start from what the map and the routing table hold now (a restarted agent)."""
+        self.applied = {e["prefix"]: (e["identity"], e["tunnel_endpoint"]) for e in self.datapath.ipcache.list()}
+        self.routes = {}
+        for route in ip.query(["route", "show", "proto", ROUTE_PROTO]):
+            self.routes[route["dst"]] = None  # unknown target: rewritten once, or removed
+
+    # --- the store -------------------------------------------------------------------------
+    def load(self) -> None:
+        nodes, rev_nodes = self.store.get_prefix(NODES)
+        entries, rev_entries = self.store.get_prefix(IPCACHE)
+        with self.lock:
+            self.nodes = {kv.key[len(NODES):]: json.loads(kv.value) for kv in nodes}
+            self.entries = {self.prefix_of(kv.key): json.loads(kv.value) for kv in entries}
+            self.revision = max(rev_nodes, rev_entries)
+        self.apply()
+        self.synced.set()
+
+    @staticmethod
+    def prefix_of(key: str) -> str:
+        address, length = key[len(IPCACHE):].rsplit("/", 1)
+        return str(ipaddress.ip_network("%s/%s" % (address, length)))
+
+    def handle(self, event) -> None:
+        key = event.kv.key
+        with self.lock:
+            if key.startswith(NODES):
+                name = key[len(NODES):]
+                if event.type == "PUT":
+                    self.nodes[name] = json.loads(event.kv.value)
+                else:
+                    self.nodes.pop(name, None)
+            elif key.startswith(IPCACHE):
+                prefix = self.prefix_of(key)
+                if event.type == "PUT":
+                    self.entries[prefix] = json.loads(event.kv.value)
+                else:
+                    self.entries.pop(prefix, None)
+            else:
+                return
+        self.apply()
+
+    def run(self, stop: threading.Event) -> None:
+        """Full read, then watch; start over after any failure, until `stop` is set."""
+        self.first_sync()
+        while not stop.is_set():
+            try:
+                self.load()
+                for event in self.store.watch_prefix("/apiary/", start_revision=self.revision + 1, stop=stop):
+                    self.handle(event)
+            except Exception as exc:  # noqa: BLE001 - the loop must survive store outages
+                self.errors += 1
+                log.warning("store sync: %s; reading everything again in 1 s", exc)
+                stop.wait(1.0)
