@@ -1,0 +1,177 @@
+"""Issue 3 on the lab, as the seed walks it: the seed's pods across three nodes, the agent's CLI,
+both routing modes, and a TCP stream that survives agents killed with SIGKILL and a cluster.yml
+re-run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import root_netns_snapshot, run_playbook, snapshot_diff
+
+pytestmark = pytest.mark.lab
+
+LAB = "inventory/lab"
+APIARY = "/usr/local/bin/apiary"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "network-policy-test"
+STREAM = Path(__file__).resolve().parent / "tcp_stream.py"
+NS = "network-policy-test"
+
+
+def apiary(*args, check=True, timeout=120):
+    proc = subprocess.run([APIARY, *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError("apiary %s (%d):\n%s%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def apply_seed():
+    apiary("lab", "apply", "-f", str(EXAMPLES / "namespace.yaml"))
+    for name in ("frontend-deployment.yaml", "backend-pod.yaml", "netpod.yaml"):
+        apiary("lab", "apply", "-n", NS, "-f", str(EXAMPLES / name))
+
+
+def pods() -> dict:
+    items = json.loads(apiary("lab", "get", "pods", "-n", NS, "-o", "json").stdout)
+    items = items.get("items", items) if isinstance(items, dict) else items
+    return {p["metadata"]["name"]: p for p in items}
+
+
+def exec_in(pod, *cmd, check=True, timeout=60):
+    return apiary("lab", "exec", "-n", NS, pod, "--", *cmd, check=check, timeout=timeout)
+
+
+@pytest.fixture(scope="module", params=["native", "tunnel"])
+def cluster(request):
+    """The lab with the seed's pods, in one routing mode; reset afterwards, also on failure."""
+    run_playbook("reset.yml", LAB)
+    before = root_netns_snapshot(include_netns_list=False)
+    mode = ["-e", "apiary_routing_mode=%s" % request.param]
+    rc, out = run_playbook("cluster.yml", LAB, *mode)
+    try:
+        assert rc == 0, out[-4000:]
+        apply_seed()
+        yield {"mode": request.param, "extra": mode}
+    finally:
+        rc, out = run_playbook("reset.yml", LAB)
+        assert rc == 0, out[-3000:]
+        assert snapshot_diff(before, root_netns_snapshot(include_netns_list=False)) == []
+
+
+def test_seed_pods_run_with_ips_from_their_nodes_cidr(cluster):
+    found = pods()
+    frontends = [n for n in found if n.startswith("frontend-")]
+    assert len(frontends) == 2 and "backend" in found and "netpod" in found
+    assert found["netpod"]["spec"]["nodeName"] == "node2"
+    cidrs = {}
+    for node in ("node1", "node2", "node3"):
+        cidrs[node] = json.loads(apiary("status", "--node", node, "-o", "json").stdout)["pod_cidr"]
+    import ipaddress
+    for name, pod in found.items():
+        assert pod["status"]["phase"] == "Running", (name, pod["status"])
+        ip = ipaddress.ip_address(pod["status"]["podIP"])
+        assert ip in ipaddress.ip_network(cidrs[pod["spec"]["nodeName"]]), (name, ip)
+    wide = apiary("lab", "get", "pods", "-n", NS, "-o", "wide").stdout
+    assert "netpod" in wide and "node2" in wide and found["netpod"]["status"]["podIP"] in wide
+
+
+def test_ping_same_node_and_cross_node(cluster):
+    found = pods()
+    netpod_node = found["netpod"]["spec"]["nodeName"]
+    targets = [p for n, p in found.items() if n != "netpod"]
+    assert {p["spec"]["nodeName"] == netpod_node for p in targets} == {True, False}, \
+        "the seed's pods should land on netpod's node and on others"
+    for pod in targets:
+        out = exec_in("netpod", "ping", "-c", "1", "-W", "3", pod["status"]["podIP"], check=False)
+        assert out.returncode == 0, (pod["metadata"]["name"], pod["spec"]["nodeName"], out.stdout, out.stderr)
+
+
+def test_backend_fetches_the_frontend_page_across_nodes(cluster):
+    for name, pod in pods().items():
+        if name.startswith("frontend-"):
+            page = exec_in("backend", "wget", "-qO-", "http://%s/" % pod["status"]["podIP"]).stdout
+            assert "Welcome to nginx!" in page
+
+
+def test_agent_cli_on_every_node(cluster):
+    found = pods()
+    netpod = found["netpod"]
+    endpoints = json.loads(apiary("endpoint", "list", "--node", "node2", "-o", "json").stdout)
+    mine = [e for e in endpoints if e["ip"] == netpod["status"]["podIP"]]
+    assert len(mine) == 1
+    ep = mine[0]
+    assert "k8s:app=netpod" in ep["labels"] and "k8s:io.kubernetes.pod.namespace=%s" % NS in ep["labels"]
+    table = apiary("endpoint", "list", "--node", "node2").stdout
+    assert table.splitlines()[0].split()[:3] == ["ENDPOINT", "POLICY", "(ingress)"]
+    assert str(ep["id"]) in table and "k8s:app=netpod" in table
+    health = apiary("endpoint", "health", str(ep["id"]), "--node", "node2").stdout
+    assert "Overall Health:   OK" in health and "Connected:        yes" in health
+
+    # The same labels get the same identity on every node: both frontends share one.
+    ids = set()
+    for node in ("node1", "node2", "node3"):
+        for e in json.loads(apiary("endpoint", "list", "--node", node, "-o", "json").stdout):
+            if "k8s:role=frontend" in e["labels"]:
+                ids.add(e["identity"])
+    assert len(ids) == 1
+    identities = json.loads(apiary("identity", "list", "--node", "node3", "-o", "json").stdout)
+    by_id = {i["id"]: i["labels"] for i in identities}
+    assert by_id[1] == ["reserved:host"] and by_id[2] == ["reserved:world"] and by_id[6] == ["reserved:remote-node"]
+    assert "k8s:role=frontend" in by_id[ids.pop()]
+
+    # ipcache on another node knows netpod, with its identity and (remote) tunnel endpoint.
+    ipcache = {e["key"]: e for e in json.loads(apiary("map", "get", "ipcache", "--node", "node1", "-o", "json").stdout)}
+    entry = ipcache["%s/32" % netpod["status"]["podIP"]]
+    assert entry["identity"] == ep["identity"] and entry["tunnel_endpoint"] == "10.77.101.12"
+    assert ipcache["0.0.0.0/0"]["identity"] == 2 and ipcache["10.77.101.11/32"]["identity"] == 1
+    assert ipcache["10.77.101.12/32"]["identity"] == 6
+    text = apiary("map", "get", "cilium_ipcache", "--node", "node1").stdout
+    assert "%s/32" % netpod["status"]["podIP"] in text and "identity=%d" % ep["identity"] in text
+
+    status = apiary("status", "--node", "node1").stdout
+    assert "KVStore:" in status and "Ok" in status
+    assert ("Tunnel" in status) if cluster["mode"] == "tunnel" else ("Native" in status)
+
+
+def test_tcp_stream_survives_agent_kill_and_cluster_rerun(cluster):
+    found = pods()
+    # A stream between netpod (node2) and a pod on another node.
+    server_pod = next(n for n, p in found.items() if p["spec"]["nodeName"] != "node2")
+    server_ip = found[server_pod]["status"]["podIP"]
+    server = subprocess.Popen([APIARY, "lab", "exec", "-n", NS, server_pod, "--", sys.executable, str(STREAM),
+                               "server", "7070"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = None
+    try:
+        time.sleep(1)
+        client = subprocess.Popen([APIARY, "lab", "exec", "-n", NS, "netpod", "--", sys.executable, str(STREAM),
+                                   "client", server_ip, "7070"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+        time.sleep(2)
+        assert client.poll() is None, client.stdout.read()
+        for node in ("node1", "node2", "node3"):
+            pid = Path("/var/lib/apiary-lab/%s/run/apiary-agent.pid" % node)
+            # The supervisor's child is the agent: kill the agent itself, not its supervisor.
+            agents = subprocess.run(["pgrep", "-f", "apiary agent --config /var/lib/apiary-lab/%s/" % node],
+                                    capture_output=True, text=True).stdout.split()
+            assert agents, "no agent process for %s (%s)" % (node, pid)
+            subprocess.run(["kill", "-9", *agents], check=True)
+        time.sleep(3)
+        assert client.poll() is None, client.stdout.read()
+        rc, out = run_playbook("cluster.yml", LAB, *cluster["extra"])
+        assert rc == 0, out[-3000:]
+        time.sleep(2)
+        assert client.poll() is None, client.stdout.read()
+    finally:
+        for proc in (client, server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        output = client.communicate(timeout=10)[0] if client else ""
+        server.communicate(timeout=10)
+    # The client reports each echoed message; it must have gone on without an error.
+    lines = output.split()
+    assert "error" not in output.lower(), output[-2000:]
+    assert len(lines) >= 20, output[-2000:]
