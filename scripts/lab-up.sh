@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick start, command one: install what is needed, build, bring up the three-node lab cluster
-# with cluster.yml, and show its nodes. Run as root on Debian 12. Tear down with:
+# with cluster.yml, run the seed's pods on it and show them talking across nodes.
+# Run as root on Debian 12. Tear down with:
 #   .venv/bin/ansible-playbook -i inventory/lab reset.yml
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,3 +9,17 @@ scripts/bootstrap.sh
 .venv/bin/ansible-playbook -i inventory/lab cluster.yml "$@"
 echo
 apiary lab get nodes
+echo
+# The seed's workloads: namespace, frontend Deployment (2 nginx), backend (busybox), netpod on node2.
+seed=examples/network-policy-test
+apiary lab apply -f "$seed/namespace.yaml"
+for manifest in frontend-deployment backend-pod netpod; do
+  apiary lab apply -n network-policy-test -f "$seed/$manifest.yaml"
+done
+apiary lab get pods -n network-policy-test -o wide
+echo
+for ip in $(apiary lab get pods -n network-policy-test -o jsonpath='{.items[*].status.podIP}'); do
+  apiary lab exec -n network-policy-test netpod -- ping -c 1 -W 2 "$ip" | grep 'bytes from'
+done
+echo
+apiary endpoint list --node node2

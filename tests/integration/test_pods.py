@@ -90,6 +90,12 @@ def test_ping_same_node_and_cross_node(cluster):
         assert out.returncode == 0, (pod["metadata"]["name"], pod["spec"]["nodeName"], out.stdout, out.stderr)
 
 
+def test_pod_mtu_follows_the_routing_mode(cluster):
+    # apiary_device_mtu (1500) less the VXLAN overhead in tunnel mode.
+    link = json.loads(exec_in("netpod", "ip", "-j", "link", "show", "eth0").stdout)[0]
+    assert link["mtu"] == (1450 if cluster["mode"] == "tunnel" else 1500)
+
+
 def test_backend_fetches_the_frontend_page_across_nodes(cluster):
     for name, pod in pods().items():
         if name.startswith("frontend-"):
