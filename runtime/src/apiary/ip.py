@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 
+from apiary.errors import UserError
 
-class IpError(RuntimeError):
-    pass
+
+class IpError(UserError):
+    """An `ip` command failed; the message has the command and what ip said."""
 
 
 def _argv(args, netns_path):
@@ -39,9 +41,10 @@ def query(args, netns_path: str | None = None) -> list:
     return json.loads(out) if out.strip() else []
 
 
-def link(name: str, netns_path: str | None = None) -> dict | None:
-    """The link called `name` (ifindex, address, flags, ...) or None."""
-    proc = subprocess.run(_argv(["-j", "link", "show", "dev", name], netns_path), capture_output=True, text=True)
+def link(name: str, netns_path: str | None = None, details: bool = False) -> dict | None:
+    """The link called `name` (ifindex, address, flags, ...; with details, linkinfo) or None."""
+    args = ["-j"] + (["-d"] if details else []) + ["link", "show", "dev", name]
+    proc = subprocess.run(_argv(args, netns_path), capture_output=True, text=True)
     if proc.returncode != 0:
         return None
     links = json.loads(proc.stdout or "[]")

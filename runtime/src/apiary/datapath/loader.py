@@ -21,8 +21,8 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 
+from apiary import ip
 from apiary.bpf import libbpf, maps
 from apiary.errors import UserError
 
@@ -64,21 +64,6 @@ def _ifname(ifindex: int) -> str | None:
         return socket.if_indextoname(ifindex)
     except OSError:
         return None
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["ip"] + list(args), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise UserError("ip %s: %s" % (" ".join(args), proc.stderr.strip() or "exit %d" % proc.returncode))
-    return proc
-
-
-def _link(name: str) -> dict | None:
-    """`ip -d -j link show` of a device, or None when there is none."""
-    proc = _ip("-d", "-j", "link", "show", "dev", name, check=False)
-    if proc.returncode != 0:
-        return None
-    return json.loads(proc.stdout)[0]
 
 
 def _on_bpffs(path: str) -> bool:
@@ -172,7 +157,7 @@ def _sha256(path: str) -> str:
 # --- the VXLAN device --------------------------------------------------------------------------------
 def _plan_vxlan(routing_mode: str, mtu: int) -> tuple[list[str], str | None]:
     """Human lines and what to do with apiary_vxlan: None, "create", "recreate", "configure", "delete"."""
-    link = _link(VXLAN_DEVICE)
+    link = ip.link(VXLAN_DEVICE, details=True)
     if routing_mode != "tunnel":
         return (["delete %s (routing mode native)" % VXLAN_DEVICE], "delete") if link else ([], None)
     spec = "VXLAN external, UDP %d, NOARP, MTU %d" % (VXLAN_PORT, mtu)
@@ -191,11 +176,11 @@ def _plan_vxlan(routing_mode: str, mtu: int) -> tuple[list[str], str | None]:
 
 def _do_vxlan(todo: str | None, mtu: int) -> None:
     if todo in ("delete", "recreate"):
-        _ip("link", "del", "dev", VXLAN_DEVICE)
+        ip.run(["link", "del", "dev", VXLAN_DEVICE])
     if todo in ("create", "recreate"):
-        _ip("link", "add", VXLAN_DEVICE, "type", "vxlan", "external", "dstport", str(VXLAN_PORT))
+        ip.run(["link", "add", VXLAN_DEVICE, "type", "vxlan", "external", "dstport", str(VXLAN_PORT)])
     if todo in ("create", "recreate", "configure"):
-        _ip("link", "set", "dev", VXLAN_DEVICE, "arp", "off", "mtu", str(mtu), "up")
+        ip.run(["link", "set", "dev", VXLAN_DEVICE, "arp", "off", "mtu", str(mtu), "up"])
 
 
 # --- attachments ----------------------------------------------------------------------------------
@@ -264,7 +249,7 @@ def apply(objects_dir: str, pin_dir: str, uplink: str, routing_mode: str, check:
                  or any(prog not in before or before[prog]["id"] != recorded.get(prog, {}).get("id")
                         for prog in OBJECTS[obj])]
         reload = {prog for obj in stale for prog in OBJECTS[obj]}
-        mtu = int(_link(uplink)["mtu"]) - VXLAN_OVERHEAD
+        mtu = int(ip.link(uplink)["mtu"]) - VXLAN_OVERHEAD
         actions, vxlan_todo = _plan_vxlan(routing_mode, mtu)
         actions += ["load %s (sha256 %s)" % (obj, digests[obj][:12]) for obj in stale]
 
@@ -366,7 +351,7 @@ def remove(pin_dir: str, uplink: str, check: bool = False, state_file: str | Non
         attached = [(dev, point) for dev, point in hooks
                     if dev != VXLAN_DEVICE and _attached(dev, point) in ours]
         actions += ["detach %s %s" % hook for hook in attached]
-        vxlan = _link(VXLAN_DEVICE) is not None
+        vxlan = ip.link(VXLAN_DEVICE, details=True) is not None
         if vxlan:
             actions.append("delete %s" % VXLAN_DEVICE)
         programs = [path for path in map(functools.partial(_prog_pin, pin_dir), PROGRAMS) if os.path.exists(path)]
@@ -379,7 +364,7 @@ def remove(pin_dir: str, uplink: str, check: bool = False, state_file: str | Non
             for dev, point in attached:
                 libbpf.tc_detach(_ifindex(dev), point, TC_HANDLE, TC_PRIORITY)
             if vxlan:
-                _ip("link", "del", "dev", VXLAN_DEVICE)
+                ip.run(["link", "del", "dev", VXLAN_DEVICE])
             for path in programs + pinned_maps:
                 os.unlink(path)
             if state_file and os.path.exists(state_file):
