@@ -117,9 +117,8 @@ def _capture_vxlan(seconds):
     return sorted(seen)
 
 
+@pytest.mark.parametrize("topo", ["tunnel"], indirect=True)
 def test_vni_carries_the_source_identity(topo):
-    if topo.mode != "tunnel":
-        pytest.skip("tunnel mode only")
     pinging = topo.popen("n1a", "ping", "-n", "-q", "-c", "5", "-i", "0.2", ip_of("n2a"))
     seen = topo.in_node("n2", _capture_vxlan, 1.2)
     pinging.wait(timeout=5)
@@ -127,9 +126,8 @@ def test_vni_carries_the_source_identity(topo):
     assert (PODS["n2a"][3], ip_of("n2a")) not in seen  # replies leave n2, they are not captured arriving
 
 
+@pytest.mark.parametrize("topo", ["tunnel"], indirect=True)
 def test_no_tunnel_endpoint_is_dropped(topo):
-    if topo.mode != "tunnel":
-        pytest.skip("tunnel mode only")
     before = topo.metrics("n1").get((DROP_NO_TUNNEL_ENDPOINT, "egress"), 0)
     with maps.IpcacheMap(topo.pin_dir["n1"]) as ipcache:
         entry = ipcache.get(ip_of("n2b"))
