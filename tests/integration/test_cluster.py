@@ -25,7 +25,7 @@ def leftovers():
     found = []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     found += [n for n in netns if n.startswith("apiary-")]
-    for path in ("/var/lib/apiary-lab", "/sys/fs/bpf/apiary", "/opt/apiary", "/usr/local/bin/apiary"):
+    for path in ("/var/lib/apiary-lab", "/sys/fs/bpf/apiary", "/opt/apiary", "/usr/local/bin/apiary", "/opt/cni"):
         if os.path.lexists(path):
             found.append(path)
     procs = subprocess.run(["pgrep", "-af", "apiary-lab"], capture_output=True, text=True).stdout
