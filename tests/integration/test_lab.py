@@ -71,7 +71,10 @@ def test_lab_up_connects_nodes_and_world_without_touching_root(lab_reset):
     node2 = next(n for n in lab["nodes"] if n["name"] == "node2")
     assert node2 == {"name": "node2", "netns": "apiary-node2", "ip": "10.77.101.12",
                      "groups": ["k8s_cluster", "kube_node"], "state_dir": LAB_ROOT + "/node2",
-                     "bpf_pin_dir": "/sys/fs/bpf/apiary/node2"}
+                     "bpf_pin_dir": "/sys/fs/bpf/apiary/node2", "run_dir": LAB_ROOT + "/node2/run",
+                     "cni_conf_dir": LAB_ROOT + "/node2/cni/net.d"}
+    # Where the lab's kubelet finds CNI plugins: apiary-cni (in the lab's folder), then Debian's.
+    assert lab["cni_path"] == [LAB_ROOT + "/cni/bin", "/usr/lib/cni"]
 
 
 def test_lab_second_run_changes_nothing(lab_reset):
