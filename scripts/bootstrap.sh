@@ -13,6 +13,7 @@ DEBIAN_PACKAGES=(
   etcd-server etcd-client containernetworking-plugins nginx-light busybox-static curl iputils-ping
   iptables ipset nftables
   git
+  iperf3 sockperf  # bench/datapath.py's load generators
 )
 
 missing=()

@@ -6,7 +6,11 @@ Nodes: the router IP (first address of the node's pod CIDR) as /32 on lo, a /32 
 `dev lxc… src <router IP>`, ip_forward=1, rp_filter=0; between nodes a route per remote pod CIDR
 via the underlay (native) or `dev apiary_vxlan` (tunnel). Pods: their IP /32 on eth0, a scope-link
 route to the router IP and `default via <router IP>` (MTU 1450 in tunnel mode). Everything lives in
-namespaces named apiary-t-<random>-…; nothing is added to the root namespace.
+namespaces named <prefix><random>-… (apiary-t- for tests, apiary-b- for bench/datapath.py); nothing
+is added to the root namespace.
+
+load() puts the Apiary datapath on it; load_floor() routes with the kernel alone (no BPF: plain veth,
+and in tunnel mode a plain kernel VXLAN device), the floor that bench/datapath.py compares against.
 """
 from __future__ import annotations
 
@@ -38,9 +42,10 @@ def sh(*cmd, check=True, input=None):
 
 
 class Topology:
-    def __init__(self, mode: str, bpffs: str, state_dir: str):
-        self.mode, self.state_dir = mode, state_dir
-        self.tag = "apiary-t-" + secrets.token_hex(3)
+    def __init__(self, mode: str, bpffs: str, state_dir: str, prefix: str = "apiary-t-", kernel_arp: bool = False):
+        """kernel_arp: let the node's kernel answer the pods' ARP for the router IP (needed without BPF)."""
+        self.mode, self.state_dir, self.kernel_arp = mode, state_dir, kernel_arp
+        self.tag = prefix + secrets.token_hex(3)
         self.pin_dir = {node: os.path.join(bpffs, self.tag, node) for node in UNDERLAY}
         self.lxc = {pod: "lxc" + secrets.token_hex(6)[:11] for pod in PODS}
         self.ifindex, self.lxc_mac = {}, {}
@@ -90,7 +95,8 @@ class Topology:
                              "route add default via %s dev eth0%s" % (ROUTER[node], mtu)])
             # The node's kernel must not answer the pod's ARP itself: the gateway's MAC has to come from
             # from_container's ARP responder (a kernel answer would carry the same MAC and hide a bug).
-            self.run(node, "sysctl", "-q", "-w", "net.ipv4.conf.%s.arp_ignore=8" % lxc)
+            if not self.kernel_arp:
+                self.run(node, "sysctl", "-q", "-w", "net.ipv4.conf.%s.arp_ignore=8" % lxc)
             link = json.loads(sh("ip", "-n", self.ns(node), "-j", "link", "show", "dev", lxc).stdout)[0]
             self.ifindex[pod], self.lxc_mac[pod] = link["ifindex"], link["address"]
 
@@ -111,9 +117,28 @@ class Topology:
                         endpoints.set(address, self.ifindex[pod], lxc_id=int(address.rsplit(".", 1)[1]),
                                       identity=identity, mac=mac, node_mac=self.lxc_mac[pod])
                         assert self.in_node(node, loader.attach_endpoint, self.pin_dir[node], self.ifindex[pod])
+        self.route()
+
+    def load_floor(self) -> None:
+        """No BPF: the kernel alone delivers. In tunnel mode each node gets a plain VXLAN device named
+        apiary_vxlan (VNI 2, UDP 8472, fixed remote: the other node) that answers ARP for the other
+        node's pods (proxy ARP), so the same routes work."""
+        if self.mode == "tunnel":
+            for node in UNDERLAY:
+                other = "n2" if node == "n1" else "n1"
+                self.batch(node, ["link add %s type vxlan id 2 local %s remote %s dstport %d dev eth0" % (
+                                      loader.VXLAN_DEVICE, UNDERLAY[node], UNDERLAY[other], loader.VXLAN_PORT),
+                                  "link set %s mtu 1450 up" % loader.VXLAN_DEVICE])
+                self.run(node, "sysctl", "-q", "-w", "net.ipv4.conf.%s.proxy_arp=1" % loader.VXLAN_DEVICE,
+                         "net.ipv4.neigh.%s.proxy_delay=0" % loader.VXLAN_DEVICE)
+        self.route()
+
+    def route(self) -> None:
+        """Each node's route to the other node's pod CIDR, as the agent installs it."""
+        for node in UNDERLAY:
             other = "n2" if node == "n1" else "n1"
             if self.mode == "tunnel":
-                route = "route add %s dev apiary_vxlan src %s" % (POD_CIDR[other], ROUTER[node])
+                route = "route add %s dev %s src %s" % (POD_CIDR[other], loader.VXLAN_DEVICE, ROUTER[node])
             else:
                 route = "route add %s via %s dev eth0" % (POD_CIDR[other], UNDERLAY[other])
             self.batch(node, [route])
