@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from apiary import netns
+from tests.helpers.bpffs import private_bpffs
 from tests.helpers.etcd import running_etcd, temp_netns
 
 ROOT = Path(__file__).resolve().parents[2]
 OBJECTS = ROOT / "build" / "bpf"
 RUNTIME = ROOT / "runtime" / "src"
-BPFFS = "/sys/fs/bpf"
 
 
 def python_env(**extra) -> dict:
@@ -38,18 +37,6 @@ def apiary(node_ns: str, *args, check=True, timeout=60) -> subprocess.CompletedP
     if check and proc.returncode != 0:
         raise AssertionError("apiary %s failed (%d):\n%s%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr))
     return proc
-
-
-@contextlib.contextmanager
-def bpffs_mounted():
-    mounted = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", BPFFS], capture_output=True, text=True).stdout.strip()
-    if mounted != "bpf":
-        subprocess.run(["mount", "-t", "bpf", "bpffs", BPFFS], check=True)
-    try:
-        yield
-    finally:
-        if mounted != "bpf" and not os.listdir(BPFFS):
-            subprocess.run(["umount", BPFFS], check=False)
 
 
 class Node:
@@ -142,8 +129,8 @@ def node(tmp_path):
 def make_node(tmp_path, mask_size):
     if not (OBJECTS / "bpf_lxc.o").exists():
         subprocess.run(["make", "-s", "-C", str(ROOT), "bpf"], check=True)
-    with bpffs_mounted(), temp_netns() as ns, running_etcd(ns, tmp_path) as url:
-        pin_dir = os.path.join(BPFFS, "apiary-test-" + secrets.token_hex(4))
+    with private_bpffs() as bpffs, temp_netns() as ns, running_etcd(ns, tmp_path) as url:
+        pin_dir = os.path.join(bpffs, "node")
         state_dir = str(tmp_path / "state")
         os.makedirs(state_dir)
         # The node's uplink: one end of a veth pair that stays inside the node's namespace.
@@ -170,4 +157,3 @@ def make_node(tmp_path, mask_size):
             for pod in node.pods:
                 subprocess.run(["ip", "netns", "del", pod], check=False)
             apiary(ns, "datapath", "remove", "--pin-dir", pin_dir, "--uplink", "eth0", check=False)
-            shutil.rmtree(pin_dir, ignore_errors=True)

@@ -3,9 +3,10 @@ and network namespaces named apiary-t-<random> that are removed even when a test
 import os
 import shutil
 import subprocess
-import tempfile
 
 import pytest
+
+from tests.helpers.bpffs import private_bpffs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,10 +48,5 @@ def bpffs():
     """A bpffs of our own (a new instance, not /sys/fs/bpf), unmounted afterwards."""
     if os.geteuid() != 0:
         pytest.skip("needs root (bpf(2), network namespaces)")
-    path = tempfile.mkdtemp(prefix="apiary-t-bpffs-")
-    subprocess.run(["mount", "-t", "bpf", "bpffs", path], check=True)
-    try:
+    with private_bpffs() as path:
         yield path
-    finally:
-        subprocess.run(["umount", path], check=False)
-        os.rmdir(path)
