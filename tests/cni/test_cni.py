@@ -83,6 +83,11 @@ def test_add_check_del(node):
     # The gateway answers (the datapath answers ARP for it; the node owns the router IP).
     in_pod(pod_ns, "ping", "-c", "1", "-W", "2", gateway)
 
+    # A second ADD of the same container is refused and leaves the first one as it was.
+    code, out, _ = node.cni("ADD", pod_ns, container_id="web", pod="web")
+    assert code == 1 and "already exists" in out["msg"]
+    assert [e["ip"] for e in node.endpoints()] == [pod_ip] and node.status()["ipam"]["allocated"] == 1
+
     conf = node.conf(prevResult=result)
     code, out, err = node.cni("CHECK", pod_ns, container_id="web", conf=conf)
     assert code == 0, (out, err)

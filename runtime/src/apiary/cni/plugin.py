@@ -137,15 +137,16 @@ def _owner(env) -> str:
 def cmd_add(env: dict, conf: dict) -> dict:
     if not os.path.exists(env["netns"]):
         raise CniError(E_INVALID_ENV, "CNI_NETNS: %s does not exist" % env["netns"])
+    host_if, pod_if, netns = host_ifname(env["container_id"], env["ifname"]), env["ifname"], env["netns"]
+    # Before anything is taken: a second ADD must not touch (or release) the first one's resources.
+    if ip.link(host_if) is not None:
+        raise CniError(E_INVALID_CONFIG, "interface %s already exists: container %s %s was added before"
+                       % (host_if, env["container_id"], pod_if))
     agent = _agent(conf)
     lease = _call(agent, "POST", "/v1/ipam", {"owner": _owner(env)})
-    host_if, pod_if, netns = host_ifname(env["container_id"], env["ifname"]), env["ifname"], env["netns"]
     pod_ip, gateway, mtu = lease["ip"], lease["gateway"], int(conf.get("mtu", lease["mtu"]))
     created = False
     try:
-        if ip.link(host_if) is not None:
-            raise CniError(E_INVALID_CONFIG, "interface %s already exists: container %s %s was added before"
-                           % (host_if, env["container_id"], pod_if))
         try:
             ip.run(["link", "add", host_if, "mtu", str(mtu), "type", "veth", "peer", "name", pod_if,
                     "mtu", str(mtu), "netns", netns])
