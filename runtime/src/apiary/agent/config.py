@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from apiary.errors import UserError
 
@@ -27,7 +27,6 @@ class AgentConfig:
     uplink: str = "eth0"
     device_mtu: int = 1500
     cluster_name: str = "default"
-    extra: dict = field(default_factory=dict)
 
     @property
     def socket_path(self) -> str:
@@ -44,7 +43,7 @@ class AgentConfig:
                 data = json.load(handle)
         except (OSError, ValueError) as exc:
             raise UserError("agent config %s: %s" % (path, exc)) from exc
-        known = set(cls.__dataclass_fields__) - {"extra"}
+        known = set(cls.__dataclass_fields__)
         missing = [k for k in ("node_name", "node_ip", "etcd_endpoints", "cluster_pool_ipv4_cidr",
                                "cluster_pool_ipv4_mask_size", "routing_mode", "state_dir", "run_dir", "pin_dir")
                    if k not in data]
