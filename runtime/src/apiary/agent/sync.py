@@ -43,7 +43,8 @@ class StoreSync:
         self.errors = 0
 
     # --- desired state ---------------------------------------------------------------------
-    def desired_ipcache(self) -> dict:
+    def static_entries(self) -> dict:
+        """What the nodes alone decide: world, this host, and every other node and its router IP."""
         want = {"0.0.0.0/0": (WORLD, None)}
         want["%s/32" % self.node["ip"]] = (HOST, None)
         want["%s/32" % self.node["router_ip"]] = (HOST, None)
@@ -52,9 +53,16 @@ class StoreSync:
                 continue
             want["%s/32" % node["ip"]] = (REMOTE_NODE, None)
             want["%s/32" % node["router_ip"]] = (REMOTE_NODE, node["ip"])
+        return want
+
+    def entry_value(self, entry: dict) -> tuple:
+        remote = entry.get("node") != self.node["name"]
+        return int(entry["identity"]), entry.get("tunnel_endpoint") if remote else None
+
+    def desired_ipcache(self) -> dict:
+        want = self.static_entries()
         for prefix, entry in self.entries.items():
-            remote = entry.get("node") != self.node["name"]
-            want[prefix] = (int(entry["identity"]), entry.get("tunnel_endpoint") if remote else None)
+            want[prefix] = self.entry_value(entry)
         return want
 
     def desired_routes(self) -> dict:
@@ -62,16 +70,22 @@ class StoreSync:
                 if name != self.node["name"] and node.get("pod_cidr")}
 
     # --- applying differences --------------------------------------------------------------
-    def apply(self) -> None:
-        with self.lock:
-            want = self.desired_ipcache()
-            for prefix, value in want.items():
-                if self.applied.get(prefix) != value:
-                    self.datapath.ipcache.set(prefix, identity=value[0], tunnel_endpoint=value[1])
-                    self.applied[prefix] = value
-            for prefix in [p for p in self.applied if p not in want]:
+    def _set(self, prefix: str, value) -> None:
+        """Make the map hold `value` (None: nothing) for `prefix`, touching it only on a change."""
+        if value is None:
+            if prefix in self.applied:
                 self.datapath.ipcache.delete(prefix)
                 del self.applied[prefix]
+        elif self.applied.get(prefix) != value:
+            self.datapath.ipcache.set(prefix, identity=value[0], tunnel_endpoint=value[1])
+            self.applied[prefix] = value
+
+    def apply(self) -> None:
+        """Everything: after a full read of the store, or when the set of nodes changed."""
+        with self.lock:
+            want = self.desired_ipcache()
+            for prefix in set(self.applied) | set(want):
+                self._set(prefix, want.get(prefix))
             routes = self.desired_routes()
             for cidr, node in routes.items():
                 if self.routes.get(cidr) != node:
@@ -80,6 +94,13 @@ class StoreSync:
             for cidr in [c for c in self.routes if c not in routes]:
                 ip.run(["route", "del", cidr, "proto", ROUTE_PROTO], check=False)
                 del self.routes[cidr]
+
+    def apply_prefix(self, prefix: str) -> None:
+        """One pod IP changed in the store: only its entry is looked at (no full recomputation)."""
+        with self.lock:
+            entry = self.entries.get(prefix)
+            value = self.entry_value(entry) if entry is not None else self.static_entries().get(prefix)
+            self._set(prefix, value)
 
     def route_args(self, verb: str, cidr: str, node: dict) -> list:
         if self.config.routing_mode == "tunnel":
@@ -127,7 +148,10 @@ class StoreSync:
                     self.entries.pop(prefix, None)
             else:
                 return
-        self.apply()
+        if key.startswith(IPCACHE):
+            self.apply_prefix(prefix)
+        else:
+            self.apply()
 
     def run(self, stop: threading.Event) -> None:
         """Full read, then watch; start over after any failure, until `stop` is set."""
