@@ -195,16 +195,11 @@ class EndpointManager:
         return json.loads(kv.value) if kv else None
 
     def _new_id(self) -> int:
-        used = set(self.endpoints) | set(self._saved_ids())
-        free = [i for i in range(1, MAX_ENDPOINT_ID + 1) if i not in used]
+        # Saved endpoints are all in self.endpoints (restore() loads or removes every file).
+        free = [i for i in range(1, MAX_ENDPOINT_ID + 1) if i not in self.endpoints]
         if not free:
             raise EndpointError("no free endpoint ID on this node", 503)
         return random.choice(free)
-
-    def _saved_ids(self):
-        if not os.path.isdir(self.directory):
-            return []
-        return [int(n[:-5]) for n in os.listdir(self.directory) if n.endswith(".json") and n[:-5].isdigit()]
 
     def _path(self, endpoint_id: int) -> str:
         return os.path.join(self.directory, "%d.json" % endpoint_id)
