@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* from_container: tc ingress of every pod's host-side veth (lxc…). One program serves all endpoints:
- * it finds the endpoint by the packet's source address in apiary_lxc and checks that the packet came
- * in on that endpoint's device. */
+/* The pod's side of the datapath, on the host side of its veth (lxc…). One program per direction serves
+ * all endpoints, finding the endpoint by address in apiary_lxc and checking the device:
+ *
+ * from_container (tc ingress: packets the pod sends): anti-spoofing, the pod's egress policy and
+ * conntrack, then delivery to a local endpoint or the kernel's routing.
+ * to_container (tc egress: packets the pod receives, however they got there: from another pod, the
+ * uplink, the tunnel or the host itself): the pod's ingress policy and conntrack. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/drop.h"
@@ -9,6 +13,10 @@
 #include "lib/ipv4.h"
 #include "lib/arp.h"
 #include "lib/endpoint.h"
+#include "lib/identity.h"
+#include "lib/l4.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
 
 /* The endpoint that really sent this packet: `ip` must be one of ours, on this device, with `mac`. */
 static __always_inline int check_source(__u32 ifindex, __be32 ip, const __u8 *mac, struct endpoint_info **out)
@@ -48,8 +56,33 @@ static __always_inline int handle_arp(struct __sk_buff *ctx, __u32 ifindex)
 	return TC_ACT_OK;
 }
 
-/* IPv4 from the pod: anti-spoofing, then a local destination is delivered straight to its device and
- * anything else is routed by the kernel. */
+/* Policy for a packet leaving (dir TUPLE_F_OUT) or entering (TUPLE_F_IN) endpoint `ep`, `remote` being
+ * the other side's identity: replies and related ICMP errors of tracked connections pass; the rest
+ * must be allowed, and a new connection is tracked. */
+static __always_inline int enforce_policy(struct __sk_buff *ctx, const struct iphdr *ip4,
+					  const struct endpoint_info *ep, __u8 dir, __u32 remote)
+{
+	struct ipv4_flow flow = {};
+	enum ct_status status;
+	int ret;
+
+	if (ipv4_flow(ctx, ip4, &flow) < 0)
+		return DROP_INVALID;
+	status = ct_lookup4(&flow, dir);
+	if (status == CT_REPLY || status == CT_RELATED)
+		return TC_ACT_OK;
+	ret = policy_verdict(ep->lxc_id, dir == TUPLE_F_OUT, remote, flow.tuple.nexthdr, flow.policy_port,
+			     ctx->len);
+	if (ret < 0)
+		return ret;
+	if (status == CT_NEW)
+		ct_create4(&flow, dir, remote);
+	return TC_ACT_OK;
+}
+
+/* IPv4 from the pod: anti-spoofing and egress policy, then a local destination is delivered straight
+ * to its device (where to_container checks its ingress policy) and anything else is routed by the
+ * kernel. */
 static __always_inline int handle_ipv4(struct __sk_buff *ctx, __u32 ifindex)
 {
 	struct ethhdr *eth = ipv4_pull(ctx);
@@ -63,6 +96,14 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx, __u32 ifindex)
 	ret = check_source(ifindex, ip4->saddr, eth->h_source, &src);
 	if (ret < 0)
 		return ret;
+	ret = enforce_policy(ctx, ip4, src, TUPLE_F_OUT, destination_identity(ip4->daddr));
+	if (ret < 0)
+		return ret;
+	/* The flow parsing may have pulled data: packet pointers are taken again. */
+	eth = ipv4_pull(ctx);
+	if (!eth)
+		return DROP_INVALID;
+	ip4 = (struct iphdr *)(eth + 1);
 	dst = lookup_ip4_endpoint(ip4->daddr);
 	if (dst)
 		return redirect_to_endpoint(eth, ip4, dst);
@@ -84,6 +125,35 @@ int from_container(struct __sk_buff *ctx)
 	else
 		ret = DROP_UNKNOWN_L3;	/* IPv6 and anything else: endpoints are IPv4 only for now */
 	return finish(ctx, ret, METRIC_EGRESS);
+}
+
+/* IPv4 to the pod: the endpoint is the destination, and must be the one behind this device (a packet
+ * for another address is not the pod's and its stack drops it). */
+static __always_inline int ipv4_to_endpoint(struct __sk_buff *ctx, __u32 ifindex, __u32 mark)
+{
+	struct ethhdr *eth = ipv4_pull(ctx);
+	struct endpoint_info *ep;
+	struct iphdr *ip4;
+
+	if (!eth)
+		return DROP_INVALID;
+	ip4 = (struct iphdr *)(eth + 1);
+	ep = lookup_ip4_endpoint(ip4->daddr);
+	if (!ep || ep->ifindex != ifindex)
+		return TC_ACT_OK;
+	return enforce_policy(ctx, ip4, ep, TUPLE_F_IN, source_identity(mark, ip4->saddr));
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *ctx)
+{
+	__u32 ifindex = ctx->ifindex;
+	__u32 mark = ctx->mark;
+	int ret = TC_ACT_OK;	/* ARP: the node asking for the pod */
+
+	if (ctx->protocol == bpf_htons(ETH_P_IP))
+		ret = ipv4_to_endpoint(ctx, ifindex, mark);
+	return finish(ctx, ret, METRIC_INGRESS);
 }
 
 APIARY_LICENSE();

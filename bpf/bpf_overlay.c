@@ -11,6 +11,7 @@
 #include "lib/ipv4.h"
 #include "lib/endpoint.h"
 #include "lib/encap.h"
+#include "lib/identity.h"
 
 static __always_inline int encap_ipv4(struct __sk_buff *ctx)
 {
@@ -42,14 +43,14 @@ int to_overlay(struct __sk_buff *ctx)
 SEC("tc")
 int from_overlay(struct __sk_buff *ctx)
 {
-	/* The source identity is what ingress policy (issue 4) will be checked against. */
+	/* The VNI is the sender's identity: to_container checks ingress policy against it. */
 	__s64 identity = get_tunnel_identity(ctx);
 	int ret = TC_ACT_OK;
 
 	if (identity < 0)
 		ret = (int)identity;
 	else if (ctx->protocol == bpf_htons(ETH_P_IP))
-		ret = ipv4_deliver_local(ctx);
+		ret = ipv4_deliver_local(ctx, identity_to_mark((__u32)identity));
 	return finish(ctx, ret, METRIC_INGRESS);
 }
 

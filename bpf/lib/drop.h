@@ -7,11 +7,13 @@
 
 #define DROP_INVALID_SMAC	-130
 #define DROP_INVALID_SIP	-132
+#define DROP_POLICY		-133
 #define DROP_INVALID		-134
 #define DROP_UNKNOWN_L3		-139
 #define DROP_WRITE_ERROR	-141
 #define DROP_NO_TUNNEL_KEY	-147
 #define DROP_NO_TUNNEL_ENDPOINT	-160
+#define DROP_POLICY_DENY	-181
 
 /* Count one packet of `bytes` under (reason, dir). Per-CPU values: no atomics needed. */
 static __always_inline void update_metrics(__u64 bytes, __u8 dir, __u8 reason)

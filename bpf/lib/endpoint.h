@@ -41,8 +41,9 @@ static __always_inline int redirect_to_endpoint(struct ethhdr *eth, struct iphdr
 }
 
 /* Packets arriving at the node (uplink, tunnel): a local endpoint's get delivered, the rest pass to
- * the kernel. A malformed header is the kernel's to judge. */
-static __always_inline int ipv4_deliver_local(struct __sk_buff *ctx)
+ * the kernel. A malformed header is the kernel's to judge. `mark` (not 0) carries the sender's
+ * identity to to_container (lib/identity.h). */
+static __always_inline int ipv4_deliver_local(struct __sk_buff *ctx, __u32 mark)
 {
 	struct ethhdr *eth = ipv4_pull(ctx);
 	struct endpoint_info *ep;
@@ -54,5 +55,7 @@ static __always_inline int ipv4_deliver_local(struct __sk_buff *ctx)
 	ep = lookup_ip4_endpoint(ip4->daddr);
 	if (!ep)
 		return TC_ACT_OK;
+	if (mark)
+		ctx->mark = mark;
 	return redirect_to_endpoint(eth, ip4, ep);
 }

@@ -9,7 +9,7 @@
 
 #define ENDPOINTS_MAP_SIZE	65535
 #define IPCACHE_MAP_SIZE	512000
-#define POLICY_MAP_SIZE		16384
+#define POLICY_MAP_SIZE		262144
 #define CT_MAP_SIZE		65536
 #define LB_MAP_SIZE		65536
 #define METRICS_MAP_SIZE	1024
@@ -56,15 +56,24 @@ struct remote_endpoint_info {
 	__u8	flags;
 };
 
-/* apiary_policy (issue 4): allow/deny per (remote identity, endpoint, port, protocol, direction). */
+/* apiary_policy: every endpoint's policy, as Cilium's per-endpoint policy maps in one LPM trie keyed
+ * by endpoint. A key matches exactly on (remote identity, endpoint, direction); the prefix may end
+ * before the protocol (any protocol) or inside the port (a range of ports, endPort) or before it (any
+ * port). Identity 0 is "any identity": the datapath looks up the remote identity and 0, and a deny in
+ * either wins (lib/policy.h). The agent resolves deny precedence within one identity. */
 struct policy_key {
-	__u32	sec_label;
+	__u32	prefixlen;
+	__u32	sec_label;		/* remote security identity; 0: any */
 	__u16	lxc_id;
-	__be16	dport;
-	__u8	protocol;
-	__u8	egress;
+	__u8	egress;			/* 0: into the endpoint, 1: out of it */
+	__u8	protocol;		/* IPPROTO_*; wildcarded by the prefix */
+	__be16	dport;			/* destination port, the ICMP type for ICMP */
 	__u16	pad;
 };
+
+/* Bits of the key that are always matched, and all of them. */
+#define POLICY_STATIC_PREFIX	(32 + 16 + 8)
+#define POLICY_FULL_PREFIX	(POLICY_STATIC_PREFIX + 8 + 16)
 
 struct policy_entry {
 	__u8	deny;
@@ -73,7 +82,9 @@ struct policy_entry {
 	__u64	bytes;
 };
 
-/* apiary_ct4: connection tracking (issue 4/5). Packed, as in Cilium, so a key has no padding. */
+/* apiary_ct4: connection tracking, per endpoint direction: `flags` says whether the connection went out
+ * of a local endpoint (TUPLE_F_OUT) or into one (TUPLE_F_IN); a pod-to-pod connection on one node has
+ * both. Packed, as in Cilium, so a key has no padding. */
 struct ipv4_ct_tuple {
 	__be32	daddr;
 	__be32	saddr;
@@ -86,7 +97,7 @@ struct ipv4_ct_tuple {
 struct ct_entry {
 	__u64	packets;
 	__u64	bytes;
-	__u32	lifetime;
+	__u32	lifetime;		/* seconds of bpf_ktime_get_ns() after which the entry is dead */
 	__u16	flags;
 	__u16	rev_nat_index;
 	__u32	src_sec_id;
@@ -156,7 +167,7 @@ struct {
 } apiary_ipcache SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct policy_key);
 	__type(value, struct policy_entry);
 	__uint(max_entries, POLICY_MAP_SIZE);

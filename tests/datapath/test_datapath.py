@@ -6,16 +6,14 @@ import os
 import socket
 import struct
 import sys
-import tempfile
 import time
 
 import pytest
 
-from apiary import netns
 from apiary.bpf import maps
 from apiary.datapath import loader
 
-from .topology import PODS, ROUTER, Topology
+from .topology import PODS, ROUTER, loaded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DROP_INVALID_SMAC, DROP_INVALID_SIP, DROP_NO_TUNNEL_ENDPOINT = 130, 132, 160
@@ -23,16 +21,8 @@ DROP_INVALID_SMAC, DROP_INVALID_SIP, DROP_NO_TUNNEL_ENDPOINT = 130, 132, 160
 
 @pytest.fixture(scope="module", params=["native", "tunnel"])
 def topo(request, bpffs, objects_dir):
-    if not os.path.isdir(netns.NETNS_RUN_DIR):
-        os.makedirs(netns.NETNS_RUN_DIR, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="apiary-t-state-") as state_dir:
-        topology = Topology(request.param, bpffs, state_dir)
-        try:
-            topology.build()
-            topology.load(objects_dir)
-            yield topology
-        finally:
-            topology.teardown()
+    with loaded(request.param, bpffs, objects_dir) as topology:
+        yield topology
 
 
 def ip_of(pod):
@@ -153,7 +143,8 @@ def test_apply_reattaches_a_detached_endpoint(topo, objects_dir):
     assert topo.in_node("n1", loader.detach_endpoint, ifindex)
     assert not topo.in_node("n1", loader.endpoint_attached, topo.pin_dir["n1"], ifindex)
     result = topo.apply(objects_dir, "n1")
-    assert result["actions"] == ["attach from_container on %s ingress" % topo.lxc["n1b"]]
+    assert result["actions"] == ["attach from_container on %s ingress" % topo.lxc["n1b"],
+                                 "attach to_container on %s egress" % topo.lxc["n1b"]]
     assert topo.in_node("n1", loader.endpoint_attached, topo.pin_dir["n1"], ifindex)
     assert topo.ping("n1b", ip_of("n1a"))
 
@@ -174,6 +165,7 @@ def test_check_mode_changes_nothing(topo, variant_objects_dir):
     assert result["changed"] is True
     assert "load bpf_lxc.o" in " ".join(result["actions"])
     assert "replace from_container on %s ingress" % topo.lxc["n1a"] in result["actions"]
+    assert "replace to_container on %s egress" % topo.lxc["n1a"] in result["actions"]
     assert all(info == {"id": None, "tag": None} for info in result["programs"].values())
     assert _attached_ids(topo, "n1") == before
     assert os.listdir(os.path.join(topo.pin_dir["n1"], "progs")) == pins

@@ -14,14 +14,30 @@ and in tunnel mode a plain kernel VXLAN device), the floor that bench/datapath.p
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import subprocess
+import tempfile
 
 from apiary import netns
 from apiary.bpf import maps
 from apiary.datapath import loader
+
+@contextlib.contextmanager
+def loaded(mode: str, bpffs: str, objects_dir: str):
+    """A Topology with the Apiary datapath loaded; torn down afterwards, also on failure."""
+    os.makedirs(netns.NETNS_RUN_DIR, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="apiary-t-state-") as state_dir:
+        topology = Topology(mode, bpffs, state_dir)
+        try:
+            topology.build()
+            topology.load(objects_dir)
+            yield topology
+        finally:
+            topology.teardown()
+
 
 UNDERLAY = {"n1": "10.99.0.1", "n2": "10.99.0.2"}
 POD_CIDR = {"n1": "10.233.64.0/24", "n2": "10.233.65.0/24"}
@@ -109,12 +125,17 @@ class Topology:
         and route the remote pod CIDR."""
         for node in UNDERLAY:
             self.apply(objects_dir, node)
-            with maps.EndpointMap(self.pin_dir[node]) as endpoints, maps.IpcacheMap(self.pin_dir[node]) as ipcache:
+            with maps.EndpointMap(self.pin_dir[node]) as endpoints, maps.IpcacheMap(self.pin_dir[node]) as ipcache, \
+                    maps.PolicyMap(self.pin_dir[node]) as policy:
                 for pod, (pod_node, address, mac, identity) in PODS.items():
                     remote = pod_node != node
                     ipcache.set(address + "/32", identity, UNDERLAY[pod_node] if remote else None)
                     if not remote:
-                        endpoints.set(address, self.ifindex[pod], lxc_id=int(address.rsplit(".", 1)[1]),
+                        lxc_id = int(address.rsplit(".", 1)[1])
+                        # No policy selects these pods: both directions allow everything.
+                        for egress in (False, True):
+                            policy.set(lxc_id, 0, egress, 0, 0, 0, deny=False)
+                        endpoints.set(address, self.ifindex[pod], lxc_id=lxc_id,
                                       identity=identity, mac=mac, node_mac=self.lxc_mac[pod])
                         assert self.in_node(node, loader.attach_endpoint, self.pin_dir[node], self.ifindex[pod])
         self.route()

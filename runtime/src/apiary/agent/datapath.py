@@ -35,7 +35,7 @@ class Datapath:
     def status(self) -> dict:
         attached = []
         for device, point, program in loader.expected_attachments(self.pin_dir, self.uplink):
-            if program == "from_container":
+            if program in dict(map(reversed, loader.ENDPOINT_HOOKS)):
                 continue  # counted per endpoint below
             link = ip.link(device)
             if link is not None and loader.attached(self.pin_dir, link["ifindex"], point, program):

@@ -2,7 +2,7 @@
 
 An endpoint is created by `apiary-cni` ADD once the pod's veth exists: the agent derives the
 pod's security identity from its labels (read from the store, as Cilium reads them from the
-Kubernetes API), writes the endpoint into `apiary_lxc`, attaches `from_container` to the host
+Kubernetes API), writes the endpoint into `apiary_lxc`, attaches `from_container`/`to_container` to the host
 side of the veth, and publishes the pod's IP in the cluster-wide ipcache. Each endpoint is also
 kept as <state dir>/endpoints/<id>.json so that a restarted agent restores it without touching
 the datapath of running pods.
@@ -173,7 +173,7 @@ class EndpointManager:
         elif entry["ifindex"] != ep.host_ifindex or entry["lxc_id"] != ep.id or entry["identity"] != ep.identity:
             problems.append("apiary_lxc entry for %s differs from the endpoint" % ep.ip)
         if not self.datapath.endpoint_attached(ep.host_ifindex):
-            problems.append("from_container is not attached to %s" % ep.host_ifname)
+            problems.append("from_container/to_container are not attached to %s" % ep.host_ifname)
         link = ip.link(ep.host_ifname)
         connected = link is not None and link["ifindex"] == ep.host_ifindex and "UP" in link.get("flags", [])
         bpf = "OK" if not problems else "Failure"

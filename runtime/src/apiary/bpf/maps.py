@@ -26,16 +26,21 @@ ENDPOINT_KEY_IPV6 = 2
 # An ipcache prefix length also counts cluster_id, pad and family (32 bits): a /32 host is 64.
 IPCACHE_PREFIX_BITS = 32
 METRIC_DIRECTIONS = {1: "ingress", 2: "egress"}
+# apiary_policy keys: the bits always matched (identity, endpoint, direction), then protocol and port.
+POLICY_STATIC_PREFIX = 32 + 16 + 8
+POLICY_FULL_PREFIX = POLICY_STATIC_PREFIX + 8 + 16
 # Metrics reasons: 0 forwarded, else Cilium's drop reason numbers (bpf/lib/drop.h).
 REASONS = {
     0: "Forwarded",
     130: "Invalid source mac",
     132: "Invalid source ip",
+    133: "Policy denied",
     134: "Invalid packet",
     139: "Unknown L3 protocol",
     141: "Error writing to packet",
     147: "No tunnel key",
     160: "No tunnel endpoint",
+    181: "Policy denied by denylist",
 }
 
 
@@ -61,8 +66,8 @@ class RemoteEndpointInfo(ctypes.Structure):
 
 
 class PolicyKey(ctypes.Structure):
-    _fields_ = [("sec_label", u32), ("lxc_id", u16), ("dport", be16), ("protocol", u8), ("egress", u8),
-                ("pad", u16)]
+    _fields_ = [("prefixlen", u32), ("sec_label", u32), ("lxc_id", u16), ("egress", u8), ("protocol", u8),
+                ("dport", be16), ("pad", u16)]
 
 
 class PolicyEntry(ctypes.Structure):
@@ -327,3 +332,44 @@ class MetricsMap(_TypedMap):
                          "direction": METRIC_DIRECTIONS.get(key.dir, str(key.dir)),
                          "count": sum(v.count for v in per_cpu), "bytes": sum(v.bytes for v in per_cpu)})
         return sorted(rows, key=lambda r: (r["reason"], r["direction"]))
+
+
+class PolicyMap(_TypedMap):
+    """apiary_policy: the policy entries of every endpoint of the node (one LPM trie; see
+    bpf/lib/maps.h). Entries are (lxc_id, identity, egress, protocol, port, port_prefix) -> deny, with
+    the datapath's packet and byte counters."""
+    NAME = "apiary_policy"
+
+    @staticmethod
+    def key(lxc_id: int, identity: int, egress: bool, protocol: int, port: int, port_prefix: int) -> PolicyKey:
+        if protocol == 0 and (port or port_prefix):
+            raise UserError("policy entry: a port needs a protocol")
+        if not 0 <= port_prefix <= 16 or not 0 <= port <= 65535:
+            raise UserError("policy entry: port %d/%d out of range" % (port, port_prefix))
+        prefix = POLICY_STATIC_PREFIX + (8 + port_prefix if protocol else 0)
+        return PolicyKey(prefixlen=prefix, sec_label=identity, lxc_id=lxc_id, egress=1 if egress else 0,
+                         protocol=protocol, dport=be16(*port.to_bytes(2, "big")))
+
+    @staticmethod
+    def _dict(key: PolicyKey, entry: PolicyEntry) -> dict:
+        bits = key.prefixlen - POLICY_STATIC_PREFIX
+        return {"lxc_id": key.lxc_id, "identity": key.sec_label, "egress": bool(key.egress),
+                "protocol": key.protocol if bits else 0, "port": int.from_bytes(bytes(key.dport), "big"),
+                "port_prefix": max(bits - 8, 0), "deny": bool(entry.deny), "packets": entry.packets,
+                "bytes": entry.bytes}
+
+    def set(self, lxc_id: int, identity: int, egress: bool, protocol: int, port: int, port_prefix: int,
+            deny: bool) -> None:
+        """Write an entry; the counters of an entry that exists are kept (only the verdict changes)."""
+        key = self.key(lxc_id, identity, egress, protocol, port, port_prefix)
+        entry = self.lookup(key) or PolicyEntry()
+        entry.deny = 1 if deny else 0
+        self.update(key, entry)
+
+    def delete(self, lxc_id: int, identity: int, egress: bool, protocol: int, port: int, port_prefix: int) -> bool:
+        return super().delete(self.key(lxc_id, identity, egress, protocol, port, port_prefix))
+
+    def list(self, lxc_id: int | None = None) -> list[dict]:
+        rows = [self._dict(k, v) for k, v in self.items() if lxc_id is None or k.lxc_id == lxc_id]
+        return sorted(rows, key=lambda r: (r["lxc_id"], r["egress"], r["identity"], r["protocol"], r["port"],
+                                           r["port_prefix"]))

@@ -28,11 +28,13 @@ from apiary.errors import UserError
 
 # Object file -> the programs in it.
 OBJECTS = {
-    "bpf_lxc.o": ("from_container",),
+    "bpf_lxc.o": ("from_container", "to_container"),
     "bpf_host.o": ("from_netdev",),
     "bpf_overlay.o": ("from_overlay", "to_overlay"),
 }
 PROGRAMS = {prog: obj for obj, progs in OBJECTS.items() for prog in progs}
+# The programs on every endpoint's lxc device: what the pod sends, and what it receives.
+ENDPOINT_HOOKS = (("ingress", "from_container"), ("egress", "to_container"))
 ROUTING_MODES = ("native", "tunnel")
 VXLAN_DEVICE = "apiary_vxlan"
 VXLAN_PORT = 8472
@@ -195,7 +197,7 @@ def expected_attachments(pin_dir: str, uplink: str = "eth0", routing_mode: str |
     for ifindex in _endpoint_ifindexes(pin_dir):
         name = _ifname(ifindex)
         if name is not None:  # an endpoint whose device is gone has nothing to attach to
-            hooks.append((name, "ingress", "from_container"))
+            hooks += [(name, point, program) for point, program in ENDPOINT_HOOKS]
     return hooks
 
 
@@ -300,23 +302,26 @@ def apply(objects_dir: str, pin_dir: str, uplink: str, routing_mode: str, check:
 
 
 def attach_endpoint(pin_dir: str, ifindex: int) -> bool:
-    """Attach from_container to an endpoint's lxc device (tc ingress); False when it already was."""
+    """Attach the endpoint programs to an endpoint's lxc device; False when they already were."""
+    changed = False
     with _locked(pin_dir):
-        try:
-            fd = libbpf.obj_get(_prog_pin(pin_dir, "from_container"))
-        except libbpf.LibbpfError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            raise UserError("from_container is not pinned under %s (run `apiary datapath apply` first)"
-                            % pin_dir) from None
-        try:
-            if libbpf.tc_query(ifindex, "ingress", TC_HANDLE, TC_PRIORITY) == libbpf.prog_info(fd)["id"]:
-                return False
-            libbpf.tc_hook_create(ifindex, "ingress")
-            libbpf.tc_attach(ifindex, "ingress", fd, TC_HANDLE, TC_PRIORITY, replace=True)
-            return True
-        finally:
-            os.close(fd)
+        for point, program in ENDPOINT_HOOKS:
+            try:
+                fd = libbpf.obj_get(_prog_pin(pin_dir, program))
+            except libbpf.LibbpfError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                raise UserError("%s is not pinned under %s (run `apiary datapath apply` first)"
+                                % (program, pin_dir)) from None
+            try:
+                if libbpf.tc_query(ifindex, point, TC_HANDLE, TC_PRIORITY) == libbpf.prog_info(fd)["id"]:
+                    continue
+                libbpf.tc_hook_create(ifindex, point)
+                libbpf.tc_attach(ifindex, point, fd, TC_HANDLE, TC_PRIORITY, replace=True)
+                changed = True
+            finally:
+                os.close(fd)
+    return changed
 
 
 def attached(pin_dir: str, ifindex: int, point: str, program: str) -> bool:
@@ -328,12 +333,12 @@ def attached(pin_dir: str, ifindex: int, point: str, program: str) -> bool:
 
 
 def endpoint_attached(pin_dir: str, ifindex: int) -> bool:
-    return attached(pin_dir, ifindex, "ingress", "from_container")
+    return all(attached(pin_dir, ifindex, point, program) for point, program in ENDPOINT_HOOKS)
 
 
 def detach_endpoint(ifindex: int) -> bool:
-    """Detach from_container from an endpoint's device; False when it was not attached (or is gone)."""
-    return libbpf.tc_detach(ifindex, "ingress", TC_HANDLE, TC_PRIORITY)
+    """Detach the endpoint programs from an endpoint's device; False when none was attached (or it is gone)."""
+    return any([libbpf.tc_detach(ifindex, point, TC_HANDLE, TC_PRIORITY) for point, _ in ENDPOINT_HOOKS])
 
 
 def remove(pin_dir: str, uplink: str, check: bool = False, state_file: str | None = None) -> dict:
@@ -345,7 +350,8 @@ def remove(pin_dir: str, uplink: str, check: bool = False, state_file: str | Non
     with _locked(pin_dir):
         before = _pinned_programs(pin_dir) if os.path.isdir(pin_dir) else {}
         hooks = [(uplink, "ingress"), (VXLAN_DEVICE, "ingress"), (VXLAN_DEVICE, "egress")]
-        hooks += [(name, "ingress") for name in map(_ifname, _endpoint_ifindexes(pin_dir)) if name]
+        hooks += [(name, point) for name in map(_ifname, _endpoint_ifindexes(pin_dir)) if name
+                  for point, _ in ENDPOINT_HOOKS]
         # Only filters running one of our programs: the same handle on the uplink may be someone else's.
         ours = {info["id"] for info in before.values()}
         attached = [(dev, point) for dev, point in hooks
