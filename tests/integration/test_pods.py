@@ -3,6 +3,7 @@ both routing modes, and a TCP stream that survives agents killed with SIGKILL an
 re-run."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -45,21 +46,27 @@ def exec_in(pod, *cmd, check=True, timeout=60):
     return apiary("lab", "exec", "-n", NS, pod, "--", *cmd, check=check, timeout=timeout)
 
 
-@pytest.fixture(scope="module", params=["native", "tunnel"])
-def cluster(request):
+@contextlib.contextmanager
+def seed_cluster(mode):
     """The lab with the seed's pods, in one routing mode; reset afterwards, also on failure."""
     run_playbook("reset.yml", LAB)
     before = root_netns_snapshot(include_netns_list=False)
-    mode = ["-e", "apiary_routing_mode=%s" % request.param]
-    rc, out = run_playbook("cluster.yml", LAB, *mode)
+    extra = ["-e", "apiary_routing_mode=%s" % mode]
+    rc, out = run_playbook("cluster.yml", LAB, *extra)
     try:
         assert rc == 0, out[-4000:]
         apply_seed()
-        yield {"mode": request.param, "extra": mode}
+        yield {"mode": mode, "extra": extra}
     finally:
         rc, out = run_playbook("reset.yml", LAB)
         assert rc == 0, out[-3000:]
         assert snapshot_diff(before, root_netns_snapshot(include_netns_list=False)) == []
+
+
+@pytest.fixture(scope="module", params=["native", "tunnel"])
+def cluster(request):
+    with seed_cluster(request.param) as lab:
+        yield lab
 
 
 def test_seed_pods_run_with_ips_from_their_nodes_cidr(cluster):

@@ -79,7 +79,7 @@ def test_label_value_not_a_string():
 
 def test_unknown_kind():
     msg = refused(manifests.seed() + "---\napiVersion: v1\nkind: Foo\nmetadata: {name: x}\n")
-    assert 'document 5: kind: unknown kind "Foo" (supported: Namespace, Pod, Deployment)' in msg
+    assert 'document 5: kind: unknown kind "Foo" (supported: Namespace, Pod, Deployment, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy)' in msg
 
 
 def test_service_is_not_supported_yet():

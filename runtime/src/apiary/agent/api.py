@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler
 
 from apiary.agent.endpoints import EndpointError
 from apiary.agent.ipam import PoolExhausted
+from apiary.errors import UserError
 
 log = logging.getLogger("apiary.agent.api")
 
@@ -40,12 +41,17 @@ def serve(path: str, agent) -> _Server:
 def _handler(agent):
     routes = [
         ("GET", r"/v1/status", lambda m, body: agent.status()),
-        ("GET", r"/v1/endpoints", lambda m, body: [e.summary() for e in agent.endpoints.list()]),
-        ("GET", r"/v1/endpoints/(\d+)", lambda m, body: agent.endpoints.get(int(m[1])).summary()),
+        ("GET", r"/v1/endpoints", lambda m, body: agent.endpoint_summaries()),
+        ("GET", r"/v1/endpoints/(\d+)", lambda m, body: agent.endpoint_summary(int(m[1]))),
         ("GET", r"/v1/endpoints/(\d+)/health", lambda m, body: agent.endpoints.health(int(m[1]))),
-        ("PUT", r"/v1/endpoints", lambda m, body: agent.endpoints.create(body).summary()),
+        ("PUT", r"/v1/endpoints", lambda m, body: agent.endpoint_summary(agent.endpoints.create(body).id)),
         ("DELETE", r"/v1/endpoints/([^/]+)(?:/([^/]+))?", lambda m, body: agent.delete_endpoint(m[1], m[2])),
         ("GET", r"/v1/identities", lambda m, body: agent.identities()),
+        ("GET", r"/v1/policy", lambda m, body: agent.policy.rules()),
+        ("PUT", r"/v1/policy", lambda m, body: agent.policy_import(body)),
+        ("DELETE", r"/v1/policy", lambda m, body: agent.policy_delete(body)),
+        ("GET", r"/v1/bpf/policy", lambda m, body: agent.bpf_policy(None)),
+        ("GET", r"/v1/bpf/policy/(\d+)", lambda m, body: agent.bpf_policy(int(m[1]))),
         ("GET", r"/v1/map", lambda m, body: agent.map_names()),
         ("GET", r"/v1/map/([a-z0-9_]+)", lambda m, body: agent.map_dump(m[1])),
         ("POST", r"/v1/ipam", lambda m, body: agent.ipam_allocate(body)),
@@ -73,6 +79,8 @@ def _handler(agent):
                 self._reply(404, {"error": "no route %s %s" % (method, self.path)})
             except EndpointError as exc:
                 self._reply(exc.status, {"error": str(exc)})
+            except UserError as exc:
+                self._reply(400, {"error": str(exc)})
             except PoolExhausted as exc:
                 self._reply(507, {"error": str(exc)})
             except ValueError as exc:

@@ -1,8 +1,9 @@
 """Agent commands, shaped like cilium-dbg's: `apiary agent`, `status`, `endpoint list|get|health`,
-`identity list`, `map list|get`. Each talks to one node's agent: this host's by default,
+`identity list`, `map list|get`, `policy get|validate|import|delete`, `bpf policy get`. Each talks to one node's agent: this host's by default,
 `--node NAME` for a lab node, `--socket PATH` for any."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -25,8 +26,12 @@ def _socket(args) -> str:
 
 
 def _get(args, path):
+    return _call(args, "GET", path)
+
+
+def _call(args, method, path, body=None):
     try:
-        return AgentClient(_socket(args)).get(path)
+        return AgentClient(_socket(args)).request(method, path, body)
     except (AgentUnreachable, AgentError) as exc:
         raise UserError(str(exc)) from exc
 
@@ -104,6 +109,31 @@ def _render_map(entries) -> None:
                  ["Key", "Value", "State", "Error"])
 
 
+def _render_policy(data) -> None:
+    print(json.dumps(data["policy"], indent=2))
+    print("Revision: %d" % data["revision"])
+
+
+def _render_bpf_policy(endpoints) -> None:
+    for ep in endpoints:
+        print("%s:" % ep["path"])
+        rows = []
+        for entry in ep["entries"]:
+            labels = entry["labels"] or [""]
+            rows.append([entry["policy"], entry["direction"], entry["identity"], labels[0], entry["port"],
+                         entry["bytes"], entry["packets"]])
+            rows += [["", "", "", label, "", "", ""] for label in labels[1:]]
+        output.table(rows, ["POLICY", "DIRECTION", "IDENTITY", "LABELS (source:key[=value])", "PORT/PROTO",
+                            "BYTES", "PACKETS"])
+
+
+def _render_policy_change(result) -> None:
+    for item in result["results"]:
+        print("%s %s" % (item["object"], item["action"]))
+    print("Revision: %d%s" % (result["revision"], "" if result["enforced"] else
+                              " (not yet in this node's datapath after 10 s)"))
+
+
 # --- commands ----------------------------------------------------------------------------------
 def _agent(args) -> int:
     from apiary.agent.config import AgentConfig
@@ -112,6 +142,33 @@ def _agent(args) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return Agent(AgentConfig.load(args.config)).run()
+
+
+def _policy_files(args) -> list:
+    from apiary.lab import objects
+
+    return [doc for path in args.filename for doc in objects.read_file(path)]
+
+
+def _policy_validate(args) -> int:
+    from apiary.lab import objects
+
+    docs = _policy_files(args)
+    found, problems = objects.check_documents(docs, args.namespace or "default")
+    problems += ["%s: not a policy kind (%s)" % (objects.describe(obj), ", ".join(objects.POLICY_KINDS))
+                 for obj in found if obj["kind"] not in objects.POLICY_KINDS]
+    if problems:
+        raise UserError("%d problem%s:\n  %s" % (len(problems), "s" if len(problems) > 1 else "",
+                                                  "\n  ".join(problems)))
+    for obj in found:
+        print("%s: valid" % objects.describe(obj))
+    print("All policies are valid")
+    return 0
+
+
+def _policy_change(args, method) -> int:
+    body = {"objects": _policy_files(args), "namespace": args.namespace, "check": args.check}
+    return _emit(args, _call(args, method, "/v1/policy", body), _render_policy_change)
 
 
 def _endpoint_id(value: str) -> int:
@@ -164,6 +221,40 @@ def register(sub) -> None:
     p.add_argument("name", help="ipcache, lxc or metrics (apiary_ and cilium_ prefixes are accepted)")
     target(p)
     p.set_defaults(func=lambda a: _emit(a, _get(a, "/v1/map/%s" % a.name), _render_map))
+
+
+    policy = sub.add_parser("policy", help="network policy: the cluster's rules as this node's agent has them") \
+        .add_subparsers(dest="sub", required=True)
+    p = policy.add_parser("get", help="every rule, as Cilium's internal rules, and the policy revision")
+    target(p)
+    p.set_defaults(func=lambda a: _emit(a, _get(a, "/v1/policy"), _render_policy))
+    p = policy.add_parser("validate", help="check policy files without applying them")
+    p.add_argument("-f", "--filename", action="append", required=True)
+    p.add_argument("-n", "--namespace")
+    p.set_defaults(func=_policy_validate)
+    for verb, method, text in (("import", "PUT", "validate and store policies (all or nothing)"),
+                               ("delete", "DELETE", "delete the policies a file names")):
+        p = policy.add_parser(verb, help=text)
+        p.add_argument("-f", "--filename", action="append", required=True)
+        p.add_argument("-n", "--namespace")
+        p.add_argument("--check", action="store_true", help="change nothing, say what would change")
+        target(p)
+        p.set_defaults(func=lambda a, m=method: _policy_change(a, m))
+
+    bpf = sub.add_parser("bpf", help="the datapath's BPF state").add_subparsers(dest="sub", required=True)
+    bpf_policy = bpf.add_parser("policy", help="apiary_policy").add_subparsers(dest="verb", required=True)
+    p = bpf_policy.add_parser("get", help="an endpoint's policy entries with their counters")
+    p.add_argument("endpoint", nargs="?")
+    p.add_argument("--all", action="store_true", help="every endpoint of the node")
+    target(p)
+    p.set_defaults(func=_bpf_policy_get)
+
+
+def _bpf_policy_get(args) -> int:
+    if bool(args.all) == bool(args.endpoint):
+        raise UserError("bpf policy get: name one endpoint ID, or --all")
+    path = "/v1/bpf/policy" if args.all else "/v1/bpf/policy/%d" % _endpoint_id(args.endpoint)
+    return _emit(args, _get(args, path), _render_bpf_policy)
 
 
 def _health(args) -> int:

@@ -2,8 +2,9 @@
 
 1. open the pinned maps (the datapath is loaded by the bpf_datapath module, not by the agent);
 2. reach the store, claim (or find again) the node's pod CIDR and publish the node;
-3. restore saved endpoints, comparing with what the maps hold (nothing of a running pod is removed);
-4. start the store sync (ipcache + routes as differences against the current map) and the API.
+3. restore saved endpoints, comparing with what the maps hold (nothing of a running pod is removed;
+   their policy entries stay as they are until the policies have been read);
+4. start the store sync (ipcache, routes and policy as differences against the current maps) and the API.
 
 When the agent stops or is killed, the datapath keeps forwarding with what the maps hold.
 """
@@ -18,9 +19,11 @@ import threading
 import time
 
 from apiary import ip
+from apiary.errors import UserError
 from apiary.agent import api, ipam, state
 from apiary.agent.datapath import Datapath
 from apiary.agent.endpoints import EndpointError, EndpointManager
+from apiary.agent.policy import PolicyManager
 from apiary.agent.sync import StoreSync
 from apiary.store.etcd import EtcdClient
 
@@ -38,6 +41,7 @@ class Agent:
         self.ipam = None
         self.endpoints = None
         self.sync = None
+        self.policy = None
         self.restored = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -56,9 +60,12 @@ class Agent:
         self.store.put("/apiary/nodes/%s" % cfg.node_name, _json(self.node))
         state.write(os.path.join(cfg.state_dir, "agent-node.json"), self.node)
         self.ipam = ipam.PodIpam(cidr, os.path.join(cfg.state_dir, "ipam"))
-        self.endpoints = EndpointManager(cfg, self.store, self.datapath, cfg.node_ip)
-        self.restored = self.endpoints.restore()
         self.sync = StoreSync(cfg, self.store, self.datapath, self.node)
+        self.policy = PolicyManager(self.datapath, self.sync)
+        self.policy.first_sync()
+        self.sync.policy = self.policy
+        self.endpoints = EndpointManager(cfg, self.store, self.datapath, cfg.node_ip, self.policy)
+        self.restored = self.endpoints.restore()
         log.info("node %s: pod CIDR %s, router %s, %d endpoint(s) restored, %d removed", cfg.node_name, cidr,
                  self.node["router_ip"], len(self.restored["restored"]), len(self.restored["removed"]))
 
@@ -127,6 +134,75 @@ class Agent:
 
     def identities(self) -> list:
         return self.endpoints.allocator.list()
+
+    # --- policy import / delete (`apiary policy import|delete`, the network_policy module) ---------
+    def _policy_documents(self, body: dict, check_all: bool):
+        from apiary.lab import objects as lab_objects
+
+        docs, namespace = body.get("objects"), body.get("namespace") or "default"
+        if not isinstance(docs, list):
+            raise UserError("policy request: objects must be a list of policy objects")
+        if check_all:
+            found, problems = lab_objects.check_documents(docs, namespace)
+            found_ids = [lab_objects.identity(obj) for obj in found]
+        else:
+            found_ids, problems = lab_objects.identities(docs, namespace)
+            found = found_ids
+        problems += ["%s %s: not a policy kind (%s)" % (kind, name, ", ".join(lab_objects.POLICY_KINDS))
+                     for kind, _, name in found_ids if kind not in lab_objects.POLICY_KINDS]
+        if problems:
+            raise UserError("%d problem%s, nothing was changed:\n  %s"
+                            % (len(problems), "s" if len(problems) > 1 else "", "\n  ".join(problems)))
+        return found
+
+    def _policy_result(self, results: list, revision: int, check: bool) -> dict:
+        enforced = True
+        if revision and not check:  # wait until this node's datapath has it
+            enforced = self.policy.wait_for(revision, timeout=10.0)
+        return {"changed": any(r["action"] not in ("unchanged", "not found") for r in results),
+                "results": results, "revision": self.policy.revision, "enforced": enforced}
+
+    def policy_import(self, body: dict) -> dict:
+        """Validate every object, then store them (nothing is stored when one is bad)."""
+        from apiary.lab import objects as lab_objects
+        from apiary.lab.store import ObjectStore, last_applied
+
+        check = bool(body.get("check"))
+        store, results, revision = ObjectStore(self.store), [], 0
+        for obj in self._policy_documents(body, check_all=True):
+            action, before, _, rev = store.apply(obj, check=check)
+            revision = max(revision, rev)
+            results.append({"object": lab_objects.describe(obj), "action": action,
+                            "before": last_applied(before) if before else None, "after": obj})
+        return self._policy_result(results, revision, check)
+
+    def policy_delete(self, body: dict) -> dict:
+        from apiary.lab.store import ObjectStore, key
+
+        check = bool(body.get("check"))
+        results, revision = [], 0
+        for kind, namespace, name in self._policy_documents(body, check_all=False):
+            store_key = key(kind, namespace, name)
+            existing = self.store.get(store_key)
+            who = "%s %s" % (kind, "%s/%s" % (namespace, name) if namespace else name)
+            results.append({"object": who, "action": "deleted" if existing else "not found",
+                            "before": json.loads(existing.value) if existing else None, "after": None})
+            if existing and not check:
+                self.store.delete(store_key)
+                revision = max(revision, self.store.status().get("revision", 0))
+        return self._policy_result(results, revision, check)
+
+    def endpoint_summaries(self) -> list:
+        return [self.endpoint_summary(ep.id) for ep in self.endpoints.list()]
+
+    def endpoint_summary(self, endpoint_id: int) -> dict:
+        return self.endpoints.get(endpoint_id).summary(self.policy.enforcement(endpoint_id))
+
+    def bpf_policy(self, endpoint_id: int | None) -> list:
+        """Entries of one endpoint, or of all (None), grouped per endpoint."""
+        eps = [self.endpoints.get(endpoint_id)] if endpoint_id is not None else self.endpoints.list()
+        return [{"endpoint": ep.id, "path": "%s/apiary_policy (lxc_id %d)" % (self.config.pin_dir, ep.id),
+                 "entries": self.policy.bpf_policy(ep.id)} for ep in eps]
 
     def map_names(self) -> list:
         return self.datapath.map_names()

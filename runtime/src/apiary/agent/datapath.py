@@ -25,6 +25,7 @@ class Datapath:
         self.endpoints = maps.EndpointMap(pin_dir)
         self.ipcache = maps.IpcacheMap(pin_dir)
         self.metrics = maps.MetricsMap(pin_dir)
+        self.policy = maps.PolicyMap(pin_dir)
 
     def attach_endpoint(self, ifindex: int) -> None:
         loader.attach_endpoint(self.pin_dir, ifindex)

@@ -50,11 +50,10 @@ class Endpoint:
     identity: int = 0
     created: float = 0.0
 
-    def summary(self) -> dict:
+    def summary(self, enforcement=("Disabled", "Disabled")) -> dict:
         data = asdict(self)
         data["status"] = "ready"
-        data["policy_ingress"] = "Disabled"
-        data["policy_egress"] = "Disabled"
+        data["policy_ingress"], data["policy_egress"] = enforcement
         return data
 
 
@@ -63,8 +62,9 @@ def ipcache_key(pod_ip: str) -> str:
 
 
 class EndpointManager:
-    def __init__(self, config, store, datapath, node_ip: str):
+    def __init__(self, config, store, datapath, node_ip: str, policy=None):
         self.config = config
+        self.policy = policy  # PolicyManager: writes an endpoint's policy before the endpoint exists
         self.store = store
         self.datapath = datapath  # apiary.agent.datapath.Datapath: maps + attach
         self.node_ip = node_ip
@@ -205,7 +205,10 @@ class EndpointManager:
         return os.path.join(self.directory, "%d.json" % endpoint_id)
 
     def _program(self, ep: Endpoint) -> None:
-        """Endpoint into the datapath (idempotent: right entries are rewritten with the same bytes)."""
+        """Endpoint into the datapath (idempotent: right entries are rewritten with the same bytes).
+        Its policy entries come first: the datapath drops what an endpoint without entries sends."""
+        if self.policy is not None:
+            self.policy.endpoint_added(ep)
         self.datapath.endpoints.set(ep.ip, ifindex=ep.host_ifindex, lxc_id=ep.id, identity=ep.identity,
                                     mac=ep.mac, node_mac=ep.host_mac)
         self.datapath.attach_endpoint(ep.host_ifindex)
@@ -217,5 +220,7 @@ class EndpointManager:
 
     def _unprogram(self, ep: Endpoint) -> None:
         self.datapath.endpoints.delete(ep.ip)
+        if self.policy is not None:
+            self.policy.endpoint_removed(ep)
         self.datapath.ipcache.delete("%s/32" % ep.ip)
         self.store.delete(ipcache_key(ep.ip))

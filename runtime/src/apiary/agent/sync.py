@@ -2,9 +2,11 @@
 
 The store holds every node (`/apiary/nodes/`) and every pod IP with its identity
 (`/apiary/ipcache/`). This node's ipcache is a function of both plus a few entries of its own
-(world, this host); routes to other nodes' pod CIDRs follow the nodes. Updates are applied as
-differences, so an unchanged entry is never rewritten. After the first full read, the store is
-watched; when the watch breaks (etcd restarted, compacted), everything is read again.
+(world, this host, the CIDR identities of the policies); routes to other nodes' pod CIDRs follow
+the nodes. Updates are applied as differences, so an unchanged entry is never rewritten. After the
+first full read (one read of /apiary/, so every part is from the same revision), the store is
+watched; when the watch breaks (etcd restarted, compacted), everything is read again. Policy
+objects, identities and pods go to the policy repository (agent/policy.py).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ class StoreSync:
         self.entries: dict[str, dict] = {}  # prefix -> store value
         self.applied: dict[str, tuple] = {}  # prefix -> (identity, tunnel endpoint) in the map
         self.routes: dict[str, dict] = {}  # cidr -> node record routed to
+        self.local_prefixes: dict[str, int] = {}  # CIDR identities of the policies: prefix -> identity
+        self.policy = None  # PolicyManager, when the agent has one
         self.lock = threading.Lock()
         self.synced = threading.Event()
         self.revision = 0
@@ -60,7 +64,9 @@ class StoreSync:
         return int(entry["identity"]), entry.get("tunnel_endpoint") if remote else None
 
     def desired_ipcache(self) -> dict:
-        want = self.static_entries()
+        # CIDR identities first: a pod or node address of the same prefix is more than "a CIDR".
+        want = {prefix: (ident, None) for prefix, ident in self.local_prefixes.items() if prefix != "0.0.0.0/0"}
+        want.update(self.static_entries())
         for prefix, entry in self.entries.items():
             want[prefix] = self.entry_value(entry)
         return want
@@ -99,8 +105,22 @@ class StoreSync:
         """One pod IP changed in the store: only its entry is looked at (no full recomputation)."""
         with self.lock:
             entry = self.entries.get(prefix)
-            value = self.entry_value(entry) if entry is not None else self.static_entries().get(prefix)
+            if entry is not None:
+                value = self.entry_value(entry)
+            else:
+                value = self.static_entries().get(prefix)
+                if value is None and prefix in self.local_prefixes:
+                    value = (self.local_prefixes[prefix], None)
             self._set(prefix, value)
+
+    def set_local_prefixes(self, prefixes: dict) -> None:
+        """The policies' CIDR identities changed: only those entries are looked at."""
+        with self.lock:
+            old, self.local_prefixes = self.local_prefixes, dict(prefixes)
+            if not self.synced.is_set():
+                return  # the first apply() writes them
+        for prefix in set(old) | set(prefixes):
+            self.apply_prefix(prefix)
 
     def route_args(self, verb: str, cidr: str, node: dict) -> list:
         if self.config.routing_mode == "tunnel":
@@ -117,12 +137,13 @@ class StoreSync:
 
     # --- the store -------------------------------------------------------------------------
     def load(self) -> None:
-        nodes, rev_nodes = self.store.get_prefix(NODES)
-        entries, rev_entries = self.store.get_prefix(IPCACHE)
+        kvs, revision = self.store.get_prefix("/apiary/")
         with self.lock:
-            self.nodes = {kv.key[len(NODES):]: json.loads(kv.value) for kv in nodes}
-            self.entries = {self.prefix_of(kv.key): json.loads(kv.value) for kv in entries}
-            self.revision = max(rev_nodes, rev_entries)
+            self.nodes = {kv.key[len(NODES):]: json.loads(kv.value) for kv in kvs if kv.key.startswith(NODES)}
+            self.entries = {self.prefix_of(kv.key): json.loads(kv.value) for kv in kvs if kv.key.startswith(IPCACHE)}
+            self.revision = revision
+        if self.policy is not None:
+            self.policy.load(kvs, revision)
         self.apply()
         self.synced.set()
 
@@ -133,6 +154,10 @@ class StoreSync:
 
     def handle(self, event) -> None:
         key = event.kv.key
+        self.revision = max(self.revision, event.kv.mod_revision)
+        if self.policy is not None and self.policy.handle(key, event.kv.value if event.type == "PUT" else None,
+                                                          event.kv.mod_revision):
+            return
         with self.lock:
             if key.startswith(NODES):
                 name = key[len(NODES):]

@@ -29,6 +29,10 @@ KIND_ALIASES = {
     "deployments": "Deployment", "deployment": "Deployment", "deploy": "Deployment",
     "deployments.apps": "Deployment", "deployment.apps": "Deployment",
     "namespaces": "Namespace", "namespace": "Namespace", "ns": "Namespace",
+    "ciliumnetworkpolicies": "CiliumNetworkPolicy", "ciliumnetworkpolicy": "CiliumNetworkPolicy", "cnp": "CiliumNetworkPolicy",
+    "ciliumclusterwidenetworkpolicies": "CiliumClusterwideNetworkPolicy",
+    "ciliumclusterwidenetworkpolicy": "CiliumClusterwideNetworkPolicy", "ccnp": "CiliumClusterwideNetworkPolicy",
+    "networkpolicies": "NetworkPolicy", "networkpolicy": "NetworkPolicy", "netpol": "NetworkPolicy",
 }
 
 
@@ -65,25 +69,6 @@ def _store_errors(func):
     return run
 
 
-def _read_file(path: str) -> list:
-    if path == "-":
-        text, source = sys.stdin.read(), "stdin"
-    else:
-        try:
-            with open(path) as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise UserError("cannot read %s: %s" % (path, exc.strerror)) from None
-        source = path
-    try:
-        docs = objects.parse_manifests(text, source)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    if not docs:
-        raise UserError("no objects passed to apply (%s is empty)" % source)
-    return docs
-
-
 def _namespace(args) -> str:
     return args.namespace or "default"
 
@@ -94,7 +79,7 @@ def _namespace(args) -> str:
 def _apply(args) -> int:
     docs = []
     for path in args.filename:
-        docs += _read_file(path)
+        docs += objects.read_file(path)
     cluster = _cluster(args)
     with cluster.lock():
         return cluster.apply(docs, _namespace(args), namespace_flag=args.namespace is not None)
@@ -107,7 +92,7 @@ def _delete(args) -> int:
     if args.filename:
         docs = []
         for path in args.filename:
-            docs += _read_file(path)
+            docs += objects.read_file(path)
         cluster = _cluster(args)
         with cluster.lock():
             return cluster.delete_file(docs, _namespace(args), args.namespace is not None, args.ignore_not_found)
@@ -143,7 +128,8 @@ def _kind(word: str) -> str:
         if word.lower() in ("service", "services", "svc"):
             raise UserError("kind Service is not supported yet (%s)" % objects.NOT_YET["Service"])
         raise UserError('the server doesn\'t have a resource type "%s" (the lab has: pods, deployments, '
-                        'namespaces, nodes)' % word)
+                        'namespaces, nodes, ciliumnetworkpolicies, ciliumclusterwidenetworkpolicies, '
+                        'networkpolicies)' % word)
     return kind
 
 
@@ -322,6 +308,9 @@ def _print_objects(kind: str, items: list, args, all_namespaces: bool, single: b
                 row += [",".join(c["name"] for c in containers), ",".join(c["image"] for c in containers),
                         ",".join("%s=%s" % kv for kv in sorted(spec["selector"]["matchLabels"].items()))]
             rows.append(row)
+    elif kind in objects.POLICY_KINDS:
+        headers = ["NAME", "AGE"]
+        rows = [[obj["metadata"]["name"], age(obj["metadata"].get("creationTimestamp"))] for obj in items]
     else:
         headers = ["NAME", "STATUS", "AGE"]
         for ns in items:

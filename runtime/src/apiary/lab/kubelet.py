@@ -16,7 +16,6 @@ status in containers/<name>/exit.json; both pids are recorded in the pod's statu
 from __future__ import annotations
 
 import ctypes
-import datetime
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ import time
 
 from apiary import netns
 from apiary.lab import cni, images
+from apiary.lab.store import now
 
 POD_NETNS_PREFIX = "apiary-pod-"
 CLUSTER_DOMAIN = "cluster.local"
@@ -49,10 +49,6 @@ class PodFailed(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sandbox_id(uid: str) -> str:

@@ -1,6 +1,7 @@
 """What `apiary lab apply` accepts: reading manifests and checking them as the API server would.
 
-Kinds: Namespace (v1), Pod (v1), Deployment (apps/v1). Names and labels follow Kubernetes' rules
+Kinds: Namespace (v1), Pod (v1), Deployment (apps/v1), and the policy kinds (checked by
+apiary.policy.rules: CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy). Names and labels follow Kubernetes' rules
 (DNS-1123, qualified names). Every problem names the object and the field path, e.g.
 
     Pod network-policy-test/backend: metadata.labels["bad key!"]: invalid label key ...
@@ -15,7 +16,9 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 
+from apiary.errors import UserError
 from apiary.lab import images
 
 # kind -> (apiVersion, plural used in store keys and messages, namespaced, kubectl resource name)
@@ -23,7 +26,12 @@ KINDS = {
     "Namespace": ("v1", "namespaces", False, "namespace"),
     "Pod": ("v1", "pods", True, "pod"),
     "Deployment": ("apps/v1", "deployments", True, "deployment.apps"),
+    "CiliumNetworkPolicy": ("cilium.io/v2", "ciliumnetworkpolicies", True, "ciliumnetworkpolicy.cilium.io"),
+    "CiliumClusterwideNetworkPolicy": ("cilium.io/v2", "ciliumclusterwidenetworkpolicies", False,
+                                       "ciliumclusterwidenetworkpolicy.cilium.io"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies", True, "networkpolicy.networking.k8s.io"),
 }
+POLICY_KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy")
 # Kinds the lab knows it will support later: rejected with a clear message, never ignored.
 NOT_YET = {
     "Service": "it comes with issue 5, Services and kube-proxy replacement",
@@ -71,6 +79,26 @@ def parse_manifests(text: str, source: str = "-") -> list:
         else:
             out.append(doc)
     return out
+
+
+def read_file(path: str) -> list:
+    """The documents of a manifest file ("-": stdin); UserError when unreadable, unparsable or empty."""
+    if path == "-":
+        text, source = sys.stdin.read(), "stdin"
+    else:
+        try:
+            with open(path) as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise UserError("cannot read %s: %s" % (path, exc.strerror)) from None
+        source = path
+    try:
+        docs = parse_manifests(text, source)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not docs:
+        raise UserError("no objects passed to apply (%s is empty)" % source)
+    return docs
 
 
 def describe(obj: dict) -> str:
@@ -389,6 +417,10 @@ def check_object(obj, index: int, default_namespace: str, lab_nodes=(), namespac
     else:
         ns = None
         who = "%s %s" % (kind, name if name is not None else "(no name)")
+    if kind in POLICY_KINDS:
+        from apiary.policy import rules  # the policy kinds are apiary.policy's to check
+
+        return rules.check(obj, ns)
     c = _Checker(who)
     if name is None:
         c.who = "document %d (%s)" % (index, kind)

@@ -10,13 +10,45 @@ namespaces are reached with nsenter/setns by path).
 """
 from __future__ import annotations
 
+import copy
+import datetime
 import json
+import uuid
 
 from apiary import netns
 from apiary.errors import UserError
 from apiary.lab import objects
 
 PREFIX = "/apiary/objects/"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_metadata(obj: dict, existing: dict | None) -> dict:
+    """The metadata to store for an applied object: the manifest as applied in the last-applied
+    annotation (as kubectl apply keeps it), uid and creation time kept from the stored object."""
+    meta = copy.deepcopy(obj["metadata"])
+    annotations = dict(meta.get("annotations") or {})
+    annotations[LAST_APPLIED] = json.dumps(obj, sort_keys=True)
+    meta["annotations"] = annotations
+    old = (existing or {}).get("metadata") or {}
+    meta["uid"] = old.get("uid") or str(uuid.uuid4())
+    meta["creationTimestamp"] = old.get("creationTimestamp") or now()
+    if old.get("ownerReferences"):
+        meta["ownerReferences"] = old["ownerReferences"]
+    return meta
+
+
+def last_applied(existing: dict):
+    """The manifest a stored object was last applied from (None if unknown)."""
+    text = ((existing.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def key(kind: str, namespace: str | None, name: str) -> str:
@@ -41,12 +73,26 @@ class ObjectStore:
         kvs, _ = self.client.get_prefix(prefix)
         return [self._decode(kv) for kv in kvs]
 
-    def put(self, obj: dict) -> None:
+    def put(self, obj: dict) -> int:
+        """Store the object; returns the store's revision after the write."""
         meta = obj["metadata"]
         body = {k: v for k, v in obj.items()}
         body["metadata"] = {k: v for k, v in meta.items() if k != "resourceVersion"}
-        self.client.put(key(obj["kind"], meta.get("namespace"), meta["name"]),
-                        json.dumps(body, sort_keys=True))
+        return self.client.put(key(obj["kind"], meta.get("namespace"), meta["name"]),
+                               json.dumps(body, sort_keys=True))
+
+    def apply(self, obj: dict, check: bool = False) -> tuple:
+        """kubectl apply of a checked, normalized object that has no controller behind it (a policy,
+        a namespace): ("created" | "configured" | "unchanged", the stored object before, after, revision).
+        With check=True nothing is written."""
+        meta = obj["metadata"]
+        existing = self.get(obj["kind"], meta.get("namespace"), meta["name"])
+        if existing is not None and last_applied(existing) == obj:
+            return "unchanged", existing, existing, 0
+        stored = copy.deepcopy(obj)
+        stored["metadata"] = new_metadata(obj, existing)
+        revision = 0 if check else self.put(stored)
+        return ("created" if existing is None else "configured"), existing, stored, revision
 
     def delete(self, kind: str, namespace: str | None, name: str) -> bool:
         return bool(self.client.delete(key(kind, namespace, name)))

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import copy
-import datetime
 import fcntl
 import hashlib
 import json
@@ -28,8 +27,8 @@ import uuid
 from apiary.errors import UserError
 from apiary.lab import kubelet as kubelet_mod
 from apiary.lab import objects
+from apiary.lab import store as lab_store
 
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' rand.SafeEncodeString alphabet
 
 
@@ -102,29 +101,14 @@ class Cluster:
         fcntl.flock(handle, fcntl.LOCK_EX)
         return handle
 
-    @staticmethod
-    def _now() -> str:
-        return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _now = staticmethod(lab_store.now)
 
     def _new_meta(self, obj: dict, existing: dict | None) -> dict:
-        meta = copy.deepcopy(obj["metadata"])
-        annotations = dict(meta.get("annotations") or {})
-        annotations[LAST_APPLIED] = json.dumps(obj, sort_keys=True)
-        meta["annotations"] = annotations
-        old = (existing or {}).get("metadata") or {}
-        meta["uid"] = old.get("uid") or str(uuid.uuid4())
-        meta["creationTimestamp"] = old.get("creationTimestamp") or self._now()
-        if old.get("ownerReferences"):
-            meta["ownerReferences"] = old["ownerReferences"]
-        return meta
+        return lab_store.new_metadata(obj, existing)
 
     @staticmethod
     def _last_applied(existing: dict):
-        text = ((existing.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
-        try:
-            return json.loads(text) if text else None
-        except ValueError:
-            return None
+        return lab_store.last_applied(existing)
 
     # --- apply ---------------------------------------------------------------------------------
 
@@ -201,6 +185,11 @@ class Cluster:
                 self._warn("apiary: warning: pod/%s: %s" % (meta["name"], warning))
             self._start(existing)  # retry, as the kubelet would
         return verb
+
+    def _apply_policy(self, obj: dict) -> str:
+        return self.store.apply(obj)[0]
+
+    _apply_ciliumnetworkpolicy = _apply_ciliumclusterwidenetworkpolicy = _apply_networkpolicy = _apply_policy
 
     def _apply_deployment(self, obj: dict) -> str:
         meta = obj["metadata"]
@@ -319,6 +308,8 @@ class Cluster:
             self.store.delete(kind, ns, name)
             for pod in self.owned_pods(obj):
                 self._remove_pod(pod)
+        elif kind in objects.POLICY_KINDS:
+            self.store.delete(kind, ns, name)
         elif kind == "Namespace":
             if name == "default":
                 self._warn('Error from server (Forbidden): namespaces "default" is forbidden: this namespace '
@@ -326,6 +317,9 @@ class Cluster:
                 return False
             for dep in self.store.list("Deployment", name):
                 self.store.delete("Deployment", name, dep["metadata"]["name"])
+            for policy_kind in ("CiliumNetworkPolicy", "NetworkPolicy"):
+                for policy in self.store.list(policy_kind, name):
+                    self.store.delete(policy_kind, name, policy["metadata"]["name"])
             for pod in self.store.list("Pod", name):
                 self._remove_pod(pod)
             self.store.delete(kind, None, name)

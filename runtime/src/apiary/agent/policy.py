@@ -1,0 +1,258 @@
+"""The agent's policy repository: every policy object of the cluster (from the store) turned into the
+apiary_policy entries of this node's endpoints.
+
+- The objects are CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and NetworkPolicy under
+  /apiary/objects/<plural>/ (written by `apiary lab apply`, `apiary policy import` or the
+  network_policy module, all of which validate first). apiary.policy translates them to Cilium's
+  rules and computes an endpoint's entries from its labels and the identities the cluster knows.
+- Identities: the reserved ones, every allocated one (/apiary/identities/id/), and node-local CIDR
+  identities (from 2**24, as Cilium's local scope) for the CIDRs the rules name; those are put in
+  the ipcache through the store sync, so a packet from an address inside a CIDR carries its identity.
+- Changes are differences: after any change the endpoints are computed again (endpoints with the
+  same labels and ports share one computation) and only entries that differ are written, new ones
+  before stale ones are removed. Counters of unchanged entries are kept.
+- Until the first full read of the store, nothing is written: a restarted agent leaves the map as it
+  is (the datapath keeps enforcing the last policy) and starts from what the map holds.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+
+from apiary import identity as identities
+import apiary.policy as policy_lib
+
+log = logging.getLogger("apiary.agent.policy")
+
+OBJECTS = "/apiary/objects/"
+POLICY_PREFIXES = {"%s%s/" % (OBJECTS, plural): kind for kind, (_, plural, _) in policy_lib.KINDS.items()}
+PODS = OBJECTS + "pods/"
+CIDR_IDENTITY_BASE = 1 << 24
+PROTOCOLS = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
+
+
+def is_policy_key(key: str) -> bool:
+    return any(key.startswith(prefix) for prefix in POLICY_PREFIXES)
+
+
+def _container_ports(pod: dict) -> dict:
+    """Named container ports of a pod: {name: {(port, protocol number)}}."""
+    numbers = {"TCP": 6, "UDP": 17, "SCTP": 132}
+    ports = {}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") and port.get("containerPort"):
+                ports.setdefault(port["name"], set()).add(
+                    (int(port["containerPort"]), numbers.get(port.get("protocol", "TCP"), 6)))
+    return ports
+
+
+def entry_key(row: dict) -> tuple:
+    return row["identity"], row["egress"], row["protocol"], row["port"], row["port_prefix"]
+
+
+class PolicyManager:
+    def __init__(self, datapath, sync=None):
+        self.datapath = datapath  # apiary.agent.datapath.Datapath
+        self.sync = sync  # StoreSync: takes the CIDR identities into the ipcache
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.policies: dict[str, list] = {}  # store key -> rules
+        self.cluster_identities: dict[int, list] = {}
+        self.cidr_identities: dict[str, int] = {}  # prefix -> local identity
+        self.pod_ports: dict[tuple, dict] = {}  # (namespace, pod) -> named ports
+        self.endpoints: dict[int, object] = {}  # lxc id -> Endpoint
+        self.applied: dict[int, dict] = {}  # lxc id -> {entry key: deny}
+        self.computed: dict[int, object] = {}  # lxc id -> EndpointPolicy
+        self.revision = 1  # Cilium's policy revision: +1 per change of the rules
+        self.store_revision = 0  # the last store revision whose events were handled
+        self.loaded = False
+
+    # --- identities ---------------------------------------------------------------------------
+    def identities(self) -> dict:
+        known = {ident: list(labels) for ident, labels in identities.RESERVED_LABELS.items()}
+        known.update(self.cluster_identities)
+        for prefix, ident in self.cidr_identities.items():
+            known[ident] = policy_lib.cidr_identity_labels(prefix)
+        return known
+
+    def identity_labels(self, ident: int) -> list:
+        if ident == 0:
+            return ["reserved:unknown"]
+        return self.identities().get(ident) or ["unknown identity %d" % ident]
+
+    def _update_cidr_identities(self) -> None:
+        rules = [rule for rs in self.policies.values() for rule in rs]
+        wanted = sorted(policy_lib.cidr_prefixes(rules), key=ipaddress.ip_network)
+        kept = {p: i for p, i in self.cidr_identities.items() if p in wanted}
+        used = set(kept.values())
+        for prefix in wanted:
+            if prefix not in kept:
+                ident = CIDR_IDENTITY_BASE + 1
+                while ident in used:
+                    ident += 1
+                kept[prefix] = ident
+                used.add(ident)
+        self.cidr_identities = kept
+        if self.sync is not None:
+            self.sync.set_local_prefixes(dict(kept))
+
+    # --- the store ----------------------------------------------------------------------------
+    def load(self, kvs: list, revision: int) -> None:
+        """Everything under /apiary/ after a full read (start, or a broken watch)."""
+        with self.lock:
+            policies, ids, pods = {}, {}, {}
+            for kv in kvs:
+                self._absorb(kv.key, kv.value, policies, ids, pods)
+            if policies != self.policies:
+                self.revision += 1
+            self.policies, self.cluster_identities, self.pod_ports = policies, ids, pods
+            self.loaded = True
+            self._update_cidr_identities()
+            self.regenerate()
+            self.store_revision = revision
+            self.changed.notify_all()
+
+    @staticmethod
+    def _absorb(key: str, value: str | None, policies: dict, ids: dict, pods: dict) -> bool:
+        """Take one key (value None: deleted) into the dicts; False when it is none of ours."""
+        if is_policy_key(key):
+            if value is None:
+                policies.pop(key, None)
+            else:
+                try:
+                    policies[key] = policy_lib.to_rules(json.loads(value))
+                except Exception as exc:  # noqa: BLE001 - one bad object must not stop the rest
+                    log.error("policy %s: not valid, ignored (the previous version, if any, is dropped): %s",
+                              key, exc)
+                    policies.pop(key, None)
+            return True
+        if key.startswith(identities.ID_PREFIX):
+            ident = int(key[len(identities.ID_PREFIX):])
+            if value is None:
+                ids.pop(ident, None)
+            else:
+                ids[ident] = json.loads(value)["labels"]
+            return True
+        if key.startswith(PODS):
+            namespace, name = key[len(PODS):].split("/", 1)
+            ports = _container_ports(json.loads(value)) if value is not None else {}
+            if ports:
+                pods[(namespace, name)] = ports
+            else:
+                pods.pop((namespace, name), None)
+            return True
+        return False
+
+    def handle(self, key: str, value: str | None, revision: int) -> bool:
+        """One store event; True when it was one of ours."""
+        with self.lock:
+            before_policies = self.policies.get(key)
+            before_ports = dict(self.pod_ports)
+            if not self._absorb(key, value, self.policies, self.cluster_identities, self.pod_ports):
+                return False
+            policy_changed = is_policy_key(key) and self.policies.get(key) != before_policies
+            if policy_changed:
+                self.revision += 1
+                self._update_cidr_identities()
+            if self.loaded and (policy_changed or key.startswith(identities.ID_PREFIX)
+                                or self.pod_ports != before_ports):
+                self.regenerate()
+            self.store_revision = max(self.store_revision, revision)
+            self.changed.notify_all()
+            return True
+
+    def wait_for(self, revision: int, timeout: float) -> bool:
+        """Block until the store events up to `revision` are in the datapath."""
+        with self.lock:
+            return self.changed.wait_for(lambda: self.store_revision >= revision, timeout)
+
+    # --- endpoints ----------------------------------------------------------------------------
+    def first_sync(self) -> None:
+        """What the map holds now (a restarted agent compares against it)."""
+        with self.lock:
+            self.applied = {}
+            for row in self.datapath.policy.list():
+                self.applied.setdefault(row["lxc_id"], {})[entry_key(row)] = row["deny"]
+
+    def endpoint_added(self, ep) -> None:
+        """Before the endpoint is in apiary_lxc: its entries are written first (fail closed)."""
+        with self.lock:
+            self.endpoints[ep.id] = ep
+            if self.loaded:
+                self._apply(ep, self._compute(ep, {}))
+
+    def endpoint_removed(self, ep) -> None:
+        with self.lock:
+            self.endpoints.pop(ep.id, None)
+            self.computed.pop(ep.id, None)
+            for key in self.applied.pop(ep.id, {}):
+                self.datapath.policy.delete(ep.id, *key)
+
+    def regenerate(self) -> None:
+        cache = {}
+        for ep in list(self.endpoints.values()):
+            self._apply(ep, self._compute(ep, cache))
+
+    def _compute(self, ep, cache: dict):
+        ingress_ports = self.pod_ports.get((ep.pod_namespace, ep.pod_name), {})
+        signature = (tuple(sorted(ep.labels)), json.dumps(sorted((k, sorted(v)) for k, v in ingress_ports.items())))
+        if signature not in cache:
+            egress_ports = {}
+            for ports in self.pod_ports.values():
+                for name, values in ports.items():
+                    egress_ports.setdefault(name, set()).update(values)
+            cache[signature] = policy_lib.compute(
+                [rule for rs in self.policies.values() for rule in rs], list(ep.labels), self.identities(),
+                ingress_named_ports=ingress_ports, egress_named_ports=egress_ports)
+        return cache[signature]
+
+    def _apply(self, ep, result) -> None:
+        want = {(k.identity, k.egress, k.protocol, k.port, k.port_prefix): v.deny for k, v in result.entries.items()}
+        have = self.applied.setdefault(ep.id, {})
+        for key, deny in want.items():
+            if have.get(key) != deny:
+                self.datapath.policy.set(ep.id, *key, deny=deny)
+                have[key] = deny
+        for key in [k for k in have if k not in want]:
+            self.datapath.policy.delete(ep.id, *key)
+            del have[key]
+        self.computed[ep.id] = result
+
+    # --- views --------------------------------------------------------------------------------
+    def enforcement(self, endpoint_id: int) -> tuple:
+        result = self.computed.get(endpoint_id)
+        if result is None:
+            return "Unknown", "Unknown"
+        return tuple("Enabled" if on else "Disabled" for on in (result.ingress_enforced, result.egress_enforced))
+
+    def rules(self) -> dict:
+        with self.lock:
+            ordered = [rule for key in sorted(self.policies) for rule in self.policies[key]]
+            return {"policy": ordered, "revision": self.revision}
+
+    def bpf_policy(self, endpoint_id: int) -> list:
+        """The endpoint's entries as `cilium bpf policy get` shows them, with the datapath's counters."""
+        rows = []
+        for row in self.datapath.policy.list(endpoint_id):
+            rows.append({
+                "policy": "Deny" if row["deny"] else "Allow",
+                "direction": "Egress" if row["egress"] else "Ingress",
+                "identity": row["identity"], "labels": self.identity_labels(row["identity"]),
+                "port": port_text(row["protocol"], row["port"], row["port_prefix"]),
+                "bytes": row["bytes"], "packets": row["packets"],
+            })
+        return rows
+
+
+def port_text(protocol: int, port: int, prefix: int) -> str:
+    """ANY, 80/TCP, 7000-7001/TCP, 8/ICMP, ANY/UDP."""
+    name = PROTOCOLS.get(protocol, str(protocol))
+    if protocol == 0:
+        return "ANY"
+    if prefix == 0:
+        return "ANY/%s" % name
+    last = port + (1 << (16 - prefix)) - 1
+    return "%d/%s" % (port, name) if last == port else "%d-%d/%s" % (port, last, name)
