@@ -8,9 +8,10 @@ apiary_policy entries of this node's endpoints.
 - Identities: the reserved ones, every allocated one (/apiary/identities/id/), and node-local CIDR
   identities (from 2**24, as Cilium's local scope) for the CIDRs the rules name; those are put in
   the ipcache through the store sync, so a packet from an address inside a CIDR carries its identity.
-- Changes are differences: after any change the endpoints are computed again (endpoints with the
-  same labels and ports share one computation) and only entries that differ are written, new ones
-  before stale ones are removed. Counters of unchanged entries are kept.
+- Changes are differences: after a change the endpoints it concerns are computed again (those the
+  changed policy selects before or after; all of them when identities or named ports change;
+  endpoints with the same labels and ports share one computation) and only entries that differ are
+  written, new ones before stale ones are removed. Counters of unchanged entries are kept.
 - Until the first full read of the store, nothing is written: a restarted agent leaves the map as it
   is (the datapath keeps enforcing the last policy) and starts from what the map holds.
 """
@@ -83,7 +84,8 @@ class PolicyManager:
             return ["reserved:unknown"]
         return self.identities().get(ident) or ["unknown identity %d" % ident]
 
-    def _update_cidr_identities(self) -> None:
+    def _update_cidr_identities(self) -> bool:
+        """Node-local identities for the CIDRs the rules name; True when they changed."""
         rules = [rule for rs in self.policies.values() for rule in rs]
         wanted = sorted(policy_lib.cidr_prefixes(rules), key=ipaddress.ip_network)
         kept = {p: i for p, i in self.cidr_identities.items() if p in wanted}
@@ -95,9 +97,11 @@ class PolicyManager:
                     ident += 1
                 kept[prefix] = ident
                 used.add(ident)
+        changed = kept != self.cidr_identities
         self.cidr_identities = kept
         if self.sync is not None:
             self.sync.set_local_prefixes(dict(kept))
+        return changed
 
     # --- the store ----------------------------------------------------------------------------
     def load(self, kvs: list, revision: int) -> None:
@@ -154,12 +158,16 @@ class PolicyManager:
             if not self._absorb(key, value, self.policies, self.cluster_identities, self.pod_ports):
                 return False
             policy_changed = is_policy_key(key) and self.policies.get(key) != before_policies
+            identities_changed = key.startswith(identities.ID_PREFIX)
             if policy_changed:
                 self.revision += 1
-                self._update_cidr_identities()
-            if self.loaded and (policy_changed or key.startswith(identities.ID_PREFIX)
-                                or self.pod_ports != before_ports):
+                identities_changed |= self._update_cidr_identities()
+            if self.loaded and (identities_changed or self.pod_ports != before_ports):
                 self.regenerate()
+            elif self.loaded and policy_changed:
+                # An endpoint's entries come only from the rules selecting it: the others stay.
+                changed_rules = (before_policies or []) + (self.policies.get(key) or [])
+                self.regenerate([ep for ep in self.endpoints.values() if policy_lib.selected(changed_rules, ep.labels)])
             self.store_revision = max(self.store_revision, revision)
             self.changed.notify_all()
             return True
@@ -191,9 +199,10 @@ class PolicyManager:
             for key in self.applied.pop(ep.id, {}):
                 self.datapath.policy.delete(ep.id, *key)
 
-    def regenerate(self) -> None:
+    def regenerate(self, endpoints=None) -> None:
+        """Compute again and write the differences: every endpoint, or only those given."""
         cache = {}
-        for ep in list(self.endpoints.values()):
+        for ep in list(self.endpoints.values()) if endpoints is None else endpoints:
             self._apply(ep, self._compute(ep, cache))
 
     def _compute(self, ep, cache: dict):
