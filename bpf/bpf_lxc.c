@@ -17,6 +17,7 @@
 #include "lib/l4.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
+#include "lib/nodeport.h"
 
 /* The endpoint that really sent this packet: `ip` must be one of ours, on this device, with `mac`. */
 static __always_inline int check_source(__u32 ifindex, __be32 ip, const __u8 *mac, struct endpoint_info **out)
@@ -80,14 +81,16 @@ static __always_inline int enforce_policy(struct __sk_buff *ctx, const struct ip
 	return TC_ACT_OK;
 }
 
-/* IPv4 from the pod: anti-spoofing and egress policy, then a local destination is delivered straight
- * to its device (where to_container checks its ingress policy) and anything else is routed by the
- * kernel. */
+/* IPv4 from the pod: anti-spoofing and egress policy; a reply to a NodePort client (the pod being the
+ * local backend) leaves from the frontend (lib/nodeport.h); then a local destination is delivered
+ * straight to its device (where to_container checks its ingress policy) and anything else is routed
+ * by the kernel. */
 static __always_inline int handle_ipv4(struct __sk_buff *ctx, __u32 ifindex)
 {
 	struct ethhdr *eth = ipv4_pull(ctx);
 	struct endpoint_info *src, *dst;
 	struct iphdr *ip4;
+	int handled = 0;
 	int ret;
 
 	if (!eth)
@@ -98,6 +101,9 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx, __u32 ifindex)
 		return ret;
 	ret = enforce_policy(ctx, ip4, src, TUPLE_F_OUT, destination_identity(ip4->daddr));
 	if (ret < 0)
+		return ret;
+	ret = nodeport_rev_nat_local(ctx, ifindex, &handled);
+	if (handled)
 		return ret;
 	/* The flow parsing may have pulled data: packet pointers are taken again. */
 	eth = ipv4_pull(ctx);

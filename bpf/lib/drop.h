@@ -12,7 +12,10 @@
 #define DROP_UNKNOWN_L3		-139
 #define DROP_WRITE_ERROR	-141
 #define DROP_NO_TUNNEL_KEY	-147
+#define DROP_NO_SERVICE		-158
 #define DROP_NO_TUNNEL_ENDPOINT	-160
+#define DROP_NAT_NO_MAPPING	-167
+#define DROP_NO_FIB		-169
 #define DROP_POLICY_DENY	-181
 
 /* Count one packet of `bytes` under (reason, dir). Per-CPU values: no atomics needed. */

@@ -104,36 +104,100 @@ struct ct_entry {
 	__u32	pad;
 };
 
-/* apiary_lb4_*: services (issue 5). */
+/* apiary_lb4_*: services (lib/lb.h), as Cilium's lb4 maps. A frontend (address, port, protocol) has a
+ * master entry (backend_slot 0) and one entry per backend slot: 1..count are the active backends that
+ * new connections pick from, count+1..count+qcount the terminating ones (kept for `service list`,
+ * never picked). A service whose external and in-cluster backend sets differ (externalTrafficPolicy
+ * and internalTrafficPolicy not the same) has a second set under scope LB_LOOKUP_SCOPE_INT. */
 struct lb4_key {
 	__be32	address;
 	__be16	dport;
-	__u16	backend_slot;		/* 0: the service itself, 1..count: its backends */
+	__u16	backend_slot;		/* 0: the service itself, 1..count+qcount: its backends */
 	__u8	proto;
-	__u8	scope;
+	__u8	scope;			/* LB_LOOKUP_SCOPE_EXT | LB_LOOKUP_SCOPE_INT */
 	__u16	pad;
 };
 
 struct lb4_service {
-	__u32	backend_id;
-	__u16	count;
-	__u16	rev_nat_index;
-	__u8	flags;
-	__u8	flags2;
-	__u16	pad;
+	__u32	backend_id;		/* in slot 0: the session affinity timeout (seconds) */
+	__u16	count;			/* active backends (slot 0 only) */
+	__u16	rev_nat_index;		/* the frontend's ID */
+	__u8	flags;			/* SVC_FLAG_* */
+	__u8	flags2;			/* SVC_FLAG2_* */
+	__u16	qcount;			/* terminating backends after the active ones (slot 0 only) */
 };
 
 struct lb4_backend {
 	__be32	address;
 	__be16	port;
 	__u8	proto;
-	__u8	flags;
+	__u8	flags;			/* BE_STATE_* */
 };
 
+/* apiary_lb4_reverse_nat: frontend ID -> the frontend, for replies. */
 struct lb4_reverse_nat {
 	__be32	address;
 	__be16	port;
 	__u16	pad;
+};
+
+/* apiary_lb4_affinity: sessionAffinity ClientIP, the backend a client last got. The client is its
+ * network namespace (cookie) on the socket path, as in Cilium, and its address on the tc path. */
+struct lb4_affinity_key {
+	__u64	client_id;		/* netns cookie, or the IPv4 address (__be32) */
+	__u16	rev_nat_index;
+	__u8	netns_cookie;		/* 1: client_id is a netns cookie */
+	__u8	pad[5];
+};
+
+struct lb_affinity_val {
+	__u64	last_used;		/* seconds of bpf_ktime_get_ns() */
+	__u32	backend_id;
+	__u32	pad;
+};
+
+/* apiary_lb_affinity_match: (backend, frontend) pairs that exist, so an affinity entry never sends a
+ * client to a backend its service no longer has. */
+struct lb_affinity_match {
+	__u32	backend_id;
+	__u16	rev_nat_index;
+	__u16	pad;
+};
+
+/* apiary_lb4_reverse_sk: what the socket hooks translated, per socket (cookie) and backend, so that
+ * recvmsg and getpeername show the service instead of the backend. */
+struct lb4_reverse_sk_key {
+	__u64	cookie;
+	__be32	address;		/* the backend */
+	__be16	port;
+	__u16	pad;
+};
+
+struct lb4_reverse_sk {
+	__be32	address;		/* the frontend */
+	__be16	port;
+	__u16	rev_nat_index;
+};
+
+/* apiary_lb4_nat: the tc path's translations (NodePort, LoadBalancer, externalIPs from outside the
+ * node). The key is a packet's tuple as it arrives (flags: NAT_DIR_FWD for the client's direction,
+ * NAT_DIR_REV for the backend's replies), the value what its addresses and ports become. */
+struct lb4_nat_entry {
+	__be32	saddr;
+	__be32	daddr;
+	__be16	sport;
+	__be16	dport;
+	__u32	lifetime;		/* seconds of bpf_ktime_get_ns(), as apiary_ct4 */
+	__u16	rev_nat_index;
+	__u16	pad;
+};
+
+/* apiary_lb_config: the load balancer's settings, one entry written by apiary.datapath.lb. */
+struct lb_config {
+	__u32	maglev_table_size;	/* M, a prime (Cilium's choices 251..131071) */
+	__be32	node_address;		/* the source of SNATed NodePort traffic; 0: the frontend's */
+	__u8	algorithm;		/* LB_ALG_RANDOM | LB_ALG_MAGLEV */
+	__u8	pad[3];
 };
 
 /* apiary_metrics: packets and bytes per (reason, direction), per CPU. */
@@ -209,6 +273,67 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } apiary_lb4_reverse_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_affinity_key);
+	__type(value, struct lb_affinity_val);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_lb4_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_affinity_match);
+	__type(value, __u32);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_lb_affinity_match SEC(".maps");
+
+/* apiary_lb4_maglev: (scope << 16 | frontend ID) -> the frontend's Maglev table, an array of M
+ * backend ids. The runtime creates each table with M entries (BPF_F_INNER_MAP lets the size differ
+ * from this template's) and swaps it in whole. */
+struct lb4_maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct lb4_maglev_inner);
+} apiary_lb4_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_reverse_sk_key);
+	__type(value, struct lb4_reverse_sk);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_lb4_reverse_sk SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipv4_ct_tuple);
+	__type(value, struct lb4_nat_entry);
+	__uint(max_entries, CT_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_lb4_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct lb_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_lb_config SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);

@@ -38,7 +38,7 @@ def _ctypes_layout(cls):
         (name, getattr(cls, name).offset, getattr(cls, name).size) for name, *_ in cls._fields_]}
 
 
-@pytest.mark.parametrize("obj", ["bpf_lxc.o", "bpf_host.o", "bpf_overlay.o"])
+@pytest.mark.parametrize("obj", ["bpf_lxc.o", "bpf_host.o", "bpf_overlay.o", "bpf_sock.o"])
 def test_structs_match_the_objects_btf(objects_dir, obj):
     btf = _btf_structs("%s/%s" % (objects_dir, obj))
     for name, cls in maps.STRUCTS.items():
@@ -66,6 +66,20 @@ def test_sizes_from_the_contract():
     assert ctypes.sizeof(maps.RemoteEndpointInfo) == 12
     assert ctypes.sizeof(maps.Ipv4CtTuple) == 14  # packed
     assert ctypes.sizeof(maps.MetricsKey) == 4
+    # Services: Cilium's lb4 shapes.
+    assert ctypes.sizeof(maps.Lb4Key) == 12
+    assert ctypes.sizeof(maps.Lb4Service) == 12
+    assert ctypes.sizeof(maps.Lb4Backend) == 8
+    assert ctypes.sizeof(maps.Lb4AffinityKey) == 16
+    assert ctypes.sizeof(maps.Lb4ReverseSkKey) == 16
+    assert ctypes.sizeof(maps.Lb4NatEntry) == 20
+
+
+def test_service_keys_hold_addresses_and_ports_in_network_order():
+    key = maps.ServiceMap.key("10.96.0.10", 80, "UDP", slot=2, scope=1)
+    assert bytes(key.address) == bytes([10, 96, 0, 10]) and bytes(key.dport) == b"\x00\x50"
+    assert (key.backend_slot, key.proto, key.scope) == (2, 17, 1)
+    assert maps.MaglevMap.key(7, 1).value == 0x10007
 
 
 def test_keys_hold_addresses_in_network_order():

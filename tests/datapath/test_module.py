@@ -51,7 +51,8 @@ def test_present_check_diff_absent(node, apiary_bin, bpffs, objects_dir, variant
     first = run_module(node, args)
     assert first["changed"] and not first.get("failed"), first
     assert "create apiary_vxlan" in first["actions"][0]
-    assert set(first["programs"]) == {"from_container", "to_container", "from_netdev", "from_overlay", "to_overlay"}
+    assert set(first["programs"]) == {"from_container", "to_container", "from_netdev", "from_overlay", "to_overlay",
+                                      "sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeername"}
     assert run_module(node, args)["changed"] is False
 
     check = run_module(node, dict(args, objects_dir=variant_objects_dir), check_mode=True, diff=True)

@@ -2,6 +2,9 @@
 
     pod n1a, n1b ── lxc… ── node n1 ── eth0 ══ underlay 10.99.0.0/24 ══ eth0 ── node n2 ── lxc… ── pod n2a, n2b
 
+With world=True the underlay is a bridge in a "fabric" namespace instead of one veth pair, and a
+"world" namespace (10.99.0.100, a client outside the cluster) hangs on it too.
+
 Nodes: the router IP (first address of the node's pod CIDR) as /32 on lo, a /32 route per pod
 `dev lxc… src <router IP>`, ip_forward=1, rp_filter=0; between nodes a route per remote pod CIDR
 via the underlay (native) or `dev apiary_vxlan` (tunnel). Pods: their IP /32 on eth0, a scope-link
@@ -26,11 +29,11 @@ from apiary.bpf import maps
 from apiary.datapath import loader
 
 @contextlib.contextmanager
-def loaded(mode: str, bpffs: str, objects_dir: str):
+def loaded(mode: str, bpffs: str, objects_dir: str, world: bool = False):
     """A Topology with the Apiary datapath loaded; torn down afterwards, also on failure."""
     os.makedirs(netns.NETNS_RUN_DIR, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="apiary-t-state-") as state_dir:
-        topology = Topology(mode, bpffs, state_dir)
+        topology = Topology(mode, bpffs, state_dir, world=world)
         try:
             topology.build()
             topology.load(objects_dir)
@@ -40,6 +43,7 @@ def loaded(mode: str, bpffs: str, objects_dir: str):
 
 
 UNDERLAY = {"n1": "10.99.0.1", "n2": "10.99.0.2"}
+WORLD = "10.99.0.100"
 POD_CIDR = {"n1": "10.233.64.0/24", "n2": "10.233.65.0/24"}
 ROUTER = {"n1": "10.233.64.1", "n2": "10.233.65.1"}
 PODS = {  # name: (node, ip, mac, identity)
@@ -58,9 +62,11 @@ def sh(*cmd, check=True, input=None):
 
 
 class Topology:
-    def __init__(self, mode: str, bpffs: str, state_dir: str, prefix: str = "apiary-t-", kernel_arp: bool = False):
-        """kernel_arp: let the node's kernel answer the pods' ARP for the router IP (needed without BPF)."""
-        self.mode, self.state_dir, self.kernel_arp = mode, state_dir, kernel_arp
+    def __init__(self, mode: str, bpffs: str, state_dir: str, prefix: str = "apiary-t-", kernel_arp: bool = False,
+                 world: bool = False):
+        """kernel_arp: let the node's kernel answer the pods' ARP for the router IP (needed without BPF);
+        world: a bridged underlay with a world namespace on it."""
+        self.mode, self.state_dir, self.kernel_arp, self.world = mode, state_dir, kernel_arp, world
         self.tag = prefix + secrets.token_hex(3)
         self.pin_dir = {node: os.path.join(bpffs, self.tag, node) for node in UNDERLAY}
         self.lxc = {pod: "lxc" + secrets.token_hex(6)[:11] for pod in PODS}
@@ -90,13 +96,24 @@ class Topology:
         return os.path.join(self.state_dir, "%s.json" % node)
 
     # --- building -----------------------------------------------------------------------------
+    def namespaces(self) -> list[str]:
+        return list(UNDERLAY) + list(PODS) + (["fabric", "world"] if self.world else [])
+
     def build(self) -> None:
-        for name in list(UNDERLAY) + list(PODS):
+        for name in self.namespaces():
             sh("ip", "netns", "add", self.ns(name))
         for node in UNDERLAY:
             self.run(node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
                      "net.ipv4.conf.default.rp_filter=0")
-        self.batch("n1", ["link add eth0 type veth peer name eth0 netns %s" % self.ns("n2")])
+        if self.world:
+            lines = ["link add br0 type bridge", "link set br0 up"]
+            for name in list(UNDERLAY) + ["world"]:
+                lines += ["link add %s type veth peer name eth0 netns %s" % (name, self.ns(name)),
+                          "link set %s master br0" % name, "link set %s up" % name]
+            self.batch("fabric", lines)
+            self.batch("world", ["link set lo up", "addr add %s/24 dev eth0" % WORLD, "link set eth0 up"])
+        else:
+            self.batch("n1", ["link add eth0 type veth peer name eth0 netns %s" % self.ns("n2")])
         for node, address in UNDERLAY.items():
             self.batch(node, ["link set lo up", "addr add %s/24 dev eth0" % address, "link set eth0 up",
                               "addr add %s/32 dev lo" % ROUTER[node]])
@@ -169,7 +186,7 @@ class Topology:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-        for name in list(PODS) + list(UNDERLAY):
+        for name in reversed(self.namespaces()):
             sh("ip", "netns", "del", self.ns(name), check=False)
 
     # --- probing ------------------------------------------------------------------------------

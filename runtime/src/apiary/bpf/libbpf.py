@@ -1,7 +1,8 @@
 """A thin ctypes binding of libbpf.so.1 (libbpf 1.x), just what the datapath loader and the map tools use.
 
 Objects are opened with a pin root so that maps declared with LIBBPF_PIN_BY_NAME are shared through
-bpffs; programs are attached with libbpf's tc API (clsact qdisc, direct-action cls_bpf filters).
+bpffs; programs are attached with libbpf's tc API (clsact qdisc, direct-action cls_bpf filters) or to
+a cgroup (socket hooks).
 Every failure raises LibbpfError: an OSError whose errno is the kernel's and whose message names the
 call and its object (a path, an ifindex, a program).
 """
@@ -20,6 +21,10 @@ BPF_TC_INGRESS = 1 << 0
 BPF_TC_EGRESS = 1 << 1
 BPF_TC_F_REPLACE = 1 << 0
 ATTACH_POINTS = {"ingress": BPF_TC_INGRESS, "egress": BPF_TC_EGRESS}
+# enum bpf_attach_type values of the cgroup socket address hooks (linux/bpf.h).
+CGROUP_ATTACH_TYPES = {"connect4": 10, "sendmsg4": 14, "recvmsg4": 19, "getpeername4": 29}
+BPF_MAP_TYPE_ARRAY = 2
+BPF_F_INNER_MAP = 1 << 12
 
 BPF_OBJ_NAME_LEN = 16
 BPF_TAG_SIZE = 8
@@ -68,6 +73,13 @@ class _TcOpts(ctypes.Structure):
                 ("prog_id", ctypes.c_uint32), ("handle", ctypes.c_uint32), ("priority", ctypes.c_uint32)]
 
 
+class _MapCreateOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("btf_fd", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
+                ("btf_value_type_id", ctypes.c_uint32), ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+                ("inner_map_fd", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("map_extra", ctypes.c_uint64),
+                ("numa_node", ctypes.c_uint32), ("map_ifindex", ctypes.c_uint32)]
+
+
 class _ProgInfo(ctypes.Structure):
     # The head of struct bpf_prog_info: the kernel fills only as much as info_len asks for.
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * BPF_TAG_SIZE),
@@ -104,6 +116,15 @@ _SIGNATURES = {
     "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, _P, _P, ctypes.c_uint64]),
     "bpf_map_delete_elem": (ctypes.c_int, [ctypes.c_int, _P]),
     "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, _P, _P]),
+    "bpf_map_update_batch": (ctypes.c_int, [ctypes.c_int, _P, _P, ctypes.POINTER(ctypes.c_uint32), _P]),
+    "bpf_map_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
+                                      ctypes.c_uint32, ctypes.POINTER(_MapCreateOpts)]),
+    "bpf_map_get_fd_by_id": (ctypes.c_int, [ctypes.c_uint32]),
+    "bpf_prog_get_fd_by_id": (ctypes.c_int, [ctypes.c_uint32]),
+    "bpf_prog_attach": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint]),
+    "bpf_prog_detach": (ctypes.c_int, [ctypes.c_int, ctypes.c_int]),
+    "bpf_prog_query": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32),
+                                      ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32)]),
     "bpf_tc_hook_create": (ctypes.c_int, [ctypes.POINTER(_TcHook)]),
     "bpf_tc_attach": (ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
     "bpf_tc_detach": (ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
@@ -298,6 +319,60 @@ def map_get_next_key(fd: int, key, next_key) -> bool:
     """Fill `next_key` with the key after `key` (the first with key=None); False at the end."""
     what = "bpf_map_get_next_key(map fd %d)" % fd
     return _call(what, lib().bpf_map_get_next_key, fd, _ref(key), _ref(next_key), ok=(ENOENT,)) == 0
+
+
+def map_update_batch(fd: int, keys, values, count: int) -> None:
+    """Write `count` elements at once (keys and values: ctypes arrays of the map's key and value types)."""
+    n = ctypes.c_uint32(count)
+    _call("bpf_map_update_batch(map fd %d, %d elements)" % (fd, count), lib().bpf_map_update_batch, fd, _ref(keys),
+          _ref(values), ctypes.byref(n), None)
+
+
+def array_map_create(name: str, value_size: int, max_entries: int, inner: bool = False) -> int:
+    """A new, unpinned array map (u32 keys); `inner` makes it fit an outer map whose template has
+    BPF_F_INNER_MAP (any size). Returns its fd (close it with os.close)."""
+    opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=BPF_F_INNER_MAP if inner else 0)
+    return _call("bpf_map_create(%s, %d entries)" % (name, max_entries), lib().bpf_map_create, BPF_MAP_TYPE_ARRAY,
+                 name.encode(), 4, value_size, max_entries, ctypes.byref(opts))
+
+
+def map_fd_by_id(map_id: int) -> int:
+    """An fd for the map with this id (an inner map: outer maps hold ids), to close with os.close."""
+    return _call("bpf_map_get_fd_by_id(%d)" % map_id, lib().bpf_map_get_fd_by_id, map_id)
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return _call("bpf_prog_get_fd_by_id(%d)" % prog_id, lib().bpf_prog_get_fd_by_id, prog_id)
+
+
+# --- cgroup socket hooks (one program per hook and cgroup: a new attach replaces it atomically) --------
+def _cgroup_type(hook: str) -> int:
+    if hook not in CGROUP_ATTACH_TYPES:
+        raise ValueError("cgroup hook must be one of %s, not %r" % (", ".join(CGROUP_ATTACH_TYPES), hook))
+    return CGROUP_ATTACH_TYPES[hook]
+
+
+def cgroup_attach(cgroup_fd: int, hook: str, prog_fd: int) -> None:
+    """Attach the program to the cgroup's hook without BPF_F_ALLOW_MULTI or _OVERRIDE: the program
+    already there is replaced in one step, as with tc's BPF_TC_F_REPLACE."""
+    _call("bpf_prog_attach(cgroup fd %d %s)" % (cgroup_fd, hook), lib().bpf_prog_attach, prog_fd, cgroup_fd,
+          _cgroup_type(hook), 0)
+
+
+def cgroup_query(cgroup_fd: int, hook: str) -> list[int]:
+    """The ids of the programs attached to the cgroup's hook (this cgroup's own, not inherited)."""
+    ids = (ctypes.c_uint32 * 64)()
+    count, flags = ctypes.c_uint32(len(ids)), ctypes.c_uint32()
+    _call("bpf_prog_query(cgroup fd %d %s)" % (cgroup_fd, hook), lib().bpf_prog_query, cgroup_fd,
+          _cgroup_type(hook), 0, ctypes.byref(flags), ids, ctypes.byref(count))
+    return list(ids[:count.value])
+
+
+def cgroup_detach(cgroup_fd: int, hook: str) -> bool:
+    """Detach the cgroup's program from the hook; False when there was none."""
+    ret = _call("bpf_prog_detach(cgroup fd %d %s)" % (cgroup_fd, hook), lib().bpf_prog_detach, cgroup_fd,
+                _cgroup_type(hook), ok=(ENOENT,))
+    return ret == 0
 
 
 # --- tc (clsact + direct-action cls_bpf) --------------------------------------------------------------

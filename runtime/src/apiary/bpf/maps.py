@@ -39,7 +39,10 @@ REASONS = {
     139: "Unknown L3 protocol",
     141: "Error writing to packet",
     147: "No tunnel key",
+    158: "Service backend not found",
     160: "No tunnel endpoint",
+    167: "No mapping for NAT masquerade",
+    169: "FIB lookup failed",
     181: "Policy denied by denylist",
 }
 
@@ -91,7 +94,7 @@ class Lb4Key(ctypes.Structure):
 
 class Lb4Service(ctypes.Structure):
     _fields_ = [("backend_id", u32), ("count", u16), ("rev_nat_index", u16), ("flags", u8), ("flags2", u8),
-                ("pad", u16)]
+                ("qcount", u16)]
 
 
 class Lb4Backend(ctypes.Structure):
@@ -100,6 +103,35 @@ class Lb4Backend(ctypes.Structure):
 
 class Lb4ReverseNat(ctypes.Structure):
     _fields_ = [("address", be32), ("port", be16), ("pad", u16)]
+
+
+class Lb4AffinityKey(ctypes.Structure):
+    _fields_ = [("client_id", u64), ("rev_nat_index", u16), ("netns_cookie", u8), ("pad", u8 * 5)]
+
+
+class LbAffinityVal(ctypes.Structure):
+    _fields_ = [("last_used", u64), ("backend_id", u32), ("pad", u32)]
+
+
+class LbAffinityMatch(ctypes.Structure):
+    _fields_ = [("backend_id", u32), ("rev_nat_index", u16), ("pad", u16)]
+
+
+class Lb4ReverseSkKey(ctypes.Structure):
+    _fields_ = [("cookie", u64), ("address", be32), ("port", be16), ("pad", u16)]
+
+
+class Lb4ReverseSk(ctypes.Structure):
+    _fields_ = [("address", be32), ("port", be16), ("rev_nat_index", u16)]
+
+
+class Lb4NatEntry(ctypes.Structure):
+    _fields_ = [("saddr", be32), ("daddr", be32), ("sport", be16), ("dport", be16), ("lifetime", u32),
+                ("rev_nat_index", u16), ("pad", u16)]
+
+
+class LbConfig(ctypes.Structure):
+    _fields_ = [("maglev_table_size", u32), ("node_address", be32), ("algorithm", u8), ("pad", u8 * 3)]
 
 
 class MetricsKey(ctypes.Structure):
@@ -115,8 +147,10 @@ STRUCTS = {
     "v4v6": V4V6, "endpoint_key": EndpointKey, "endpoint_info": EndpointInfo, "ipcache_key": IpcacheKey,
     "remote_endpoint_info": RemoteEndpointInfo, "policy_key": PolicyKey, "policy_entry": PolicyEntry,
     "ipv4_ct_tuple": Ipv4CtTuple, "ct_entry": CtEntry, "lb4_key": Lb4Key, "lb4_service": Lb4Service,
-    "lb4_backend": Lb4Backend, "lb4_reverse_nat": Lb4ReverseNat, "metrics_key": MetricsKey,
-    "metrics_value": MetricsValue,
+    "lb4_backend": Lb4Backend, "lb4_reverse_nat": Lb4ReverseNat, "lb4_affinity_key": Lb4AffinityKey,
+    "lb_affinity_val": LbAffinityVal, "lb_affinity_match": LbAffinityMatch, "lb4_reverse_sk_key": Lb4ReverseSkKey,
+    "lb4_reverse_sk": Lb4ReverseSk, "lb4_nat_entry": Lb4NatEntry, "lb_config": LbConfig,
+    "metrics_key": MetricsKey, "metrics_value": MetricsValue,
 }
 # Pinned map name -> (key type, value type, per-CPU). apiary_events (a ring buffer) has neither.
 LAYOUTS = {
@@ -127,9 +161,18 @@ LAYOUTS = {
     "apiary_lb4_services": (Lb4Key, Lb4Service, False),
     "apiary_lb4_backends": (u32, Lb4Backend, False),
     "apiary_lb4_reverse_nat": (u16, Lb4ReverseNat, False),
+    "apiary_lb4_affinity": (Lb4AffinityKey, LbAffinityVal, False),
+    "apiary_lb_affinity_match": (LbAffinityMatch, u32, False),
+    "apiary_lb4_maglev": (u32, u32, False),  # value: the inner table's fd (update) or id (lookup)
+    "apiary_lb4_reverse_sk": (Lb4ReverseSkKey, Lb4ReverseSk, False),
+    "apiary_lb4_nat": (Ipv4CtTuple, Lb4NatEntry, False),
+    "apiary_lb_config": (u32, LbConfig, False),
     "apiary_metrics": (MetricsKey, MetricsValue, True),
 }
 MAP_NAMES = tuple(LAYOUTS) + ("apiary_events",)
+# L4 protocols of services by name, as Kubernetes spells them.
+PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 
 
 # --- value conversions ----------------------------------------------------------------------------
@@ -170,6 +213,23 @@ def _get_addr(addr: V4V6, family: int):
 def ip4_be(text: str | None) -> be32:
     """An IPv4 address (None: 0.0.0.0) as the 4 network-order bytes of a __be32 field."""
     return be32(*_address(text or "0.0.0.0").packed)
+
+
+def port_be(port: int) -> be16:
+    """A port as the 2 network-order bytes of a __be16 field."""
+    if not 0 <= port <= 65535:
+        raise UserError("port %d is out of range (0-65535)" % port)
+    return be16(*port.to_bytes(2, "big"))
+
+
+def port_int(raw) -> int:
+    return int.from_bytes(bytes(raw), "big")
+
+
+def protocol_number(name: str) -> int:
+    if name not in PROTOCOLS:
+        raise UserError("protocol %r is not one of %s" % (name, ", ".join(PROTOCOLS)))
+    return PROTOCOLS[name]
 
 
 def ip4_str(raw) -> str | None:
@@ -373,3 +433,160 @@ class PolicyMap(_TypedMap):
         rows = [self._dict(k, v) for k, v in self.items() if lxc_id is None or k.lxc_id == lxc_id]
         return sorted(rows, key=lambda r: (r["lxc_id"], r["egress"], r["identity"], r["protocol"], r["port"],
                                            r["port_prefix"]))
+
+
+# --- services (bpf/lib/lb.h) -------------------------------------------------------------------------
+def _endpoint(address, port, proto) -> str:
+    """"10.96.0.10:80/TCP", as `apiary service list` shows frontends and backends."""
+    return "%s:%d/%s" % (ip4_str(address) or "0.0.0.0", port_int(port), PROTOCOL_NAMES.get(proto, str(proto)))
+
+
+class ServiceMap(_TypedMap):
+    """apiary_lb4_services: per frontend (address, port, protocol) and scope, the master entry (slot 0)
+    and one entry per backend slot."""
+    NAME = "apiary_lb4_services"
+
+    @staticmethod
+    def key(address: str, port: int, protocol: str, slot: int = 0, scope: int = 0) -> Lb4Key:
+        return Lb4Key(address=ip4_be(address), dport=port_be(port), backend_slot=slot,
+                      proto=protocol_number(protocol), scope=scope)
+
+    def get(self, address: str, port: int, protocol: str, slot: int = 0, scope: int = 0) -> Lb4Service | None:
+        return self.lookup(self.key(address, port, protocol, slot, scope))
+
+    def set(self, address: str, port: int, protocol: str, slot: int, scope: int, value: Lb4Service) -> None:
+        self.update(self.key(address, port, protocol, slot, scope), value)
+
+    def remove(self, address: str, port: int, protocol: str, slot: int, scope: int) -> bool:
+        return self.delete(self.key(address, port, protocol, slot, scope))
+
+    def list(self) -> list[dict]:
+        rows = [{"frontend": _endpoint(k.address, k.dport, k.proto), "scope": k.scope, "slot": k.backend_slot,
+                 "backend_id": v.backend_id, "count": v.count, "qcount": v.qcount, "rev_nat_index": v.rev_nat_index,
+                 "flags": v.flags, "flags2": v.flags2} for k, v in self.items()]
+        return sorted(rows, key=lambda r: (r["rev_nat_index"], r["scope"], r["slot"]))
+
+
+class BackendMap(_TypedMap):
+    """apiary_lb4_backends: backend id -> address, port, protocol and state."""
+    NAME = "apiary_lb4_backends"
+    STATES = {0: "active", 1: "terminating"}
+
+    def set(self, backend_id: int, address: str, port: int, protocol: str, state: str = "active") -> None:
+        flags = {name: number for number, name in self.STATES.items()}[state]
+        self.update(u32(backend_id), Lb4Backend(address=ip4_be(address), port=port_be(port),
+                                                proto=protocol_number(protocol), flags=flags))
+
+    @classmethod
+    def _dict(cls, backend_id: int, value: Lb4Backend) -> dict:
+        return {"id": backend_id, "address": _endpoint(value.address, value.port, value.proto),
+                "state": cls.STATES.get(value.flags, str(value.flags))}
+
+    def get(self, backend_id: int) -> dict | None:
+        value = self.lookup(u32(backend_id))
+        return None if value is None else self._dict(backend_id, value)
+
+    def delete(self, backend_id: int) -> bool:
+        return super().delete(u32(backend_id))
+
+    def list(self) -> list[dict]:
+        return sorted((self._dict(k.value, v) for k, v in self.items()), key=lambda r: r["id"])
+
+
+class ReverseNatMap(_TypedMap):
+    """apiary_lb4_reverse_nat: frontend ID -> the frontend's address and port."""
+    NAME = "apiary_lb4_reverse_nat"
+
+    def set(self, index: int, address: str, port: int) -> None:
+        self.update(u16(index), Lb4ReverseNat(address=ip4_be(address), port=port_be(port)))
+
+    def get(self, index: int) -> tuple[str, int] | None:
+        value = self.lookup(u16(index))
+        return None if value is None else (ip4_str(value.address), port_int(value.port))
+
+    def delete(self, index: int) -> bool:
+        return super().delete(u16(index))
+
+
+class AffinityMatchMap(_TypedMap):
+    """apiary_lb_affinity_match: the (backend, frontend ID) pairs an affinity entry may use."""
+    NAME = "apiary_lb_affinity_match"
+
+    def add(self, backend_id: int, index: int) -> None:
+        self.update(LbAffinityMatch(backend_id=backend_id, rev_nat_index=index), u32(0))
+
+    def remove(self, backend_id: int, index: int) -> bool:
+        return self.delete(LbAffinityMatch(backend_id=backend_id, rev_nat_index=index))
+
+    def list(self) -> list[tuple[int, int]]:
+        return sorted((k.backend_id, k.rev_nat_index) for k in self.keys())
+
+
+class MaglevMap(_TypedMap):
+    """apiary_lb4_maglev: (scope << 16 | frontend ID) -> the frontend's Maglev table, an inner array of
+    backend ids that is written whole and swapped in with one update."""
+    NAME = "apiary_lb4_maglev"
+
+    @staticmethod
+    def key(index: int, scope: int) -> u32:
+        return u32(scope << 16 | index)
+
+    def set_table(self, index: int, scope: int, backend_ids: list[int]) -> None:
+        size = len(backend_ids)
+        fd = libbpf.array_map_create("apiary_maglev", ctypes.sizeof(u32), size, inner=True)
+        try:
+            libbpf.map_update_batch(fd, (u32 * size)(*range(size)), (u32 * size)(*backend_ids), size)
+            self.update(self.key(index, scope), u32(fd))
+        finally:
+            os.close(fd)
+
+    def table(self, index: int, scope: int) -> list[int] | None:
+        """The table as the datapath sees it (for tests and `apiary map get`); None when there is none."""
+        map_id = self.lookup(self.key(index, scope))
+        if map_id is None:
+            return None
+        fd = libbpf.map_fd_by_id(map_id.value)
+        try:
+            size, value = libbpf.map_info(fd)["max_entries"], u32()
+            table = []
+            for slot in range(size):
+                libbpf.map_lookup(fd, u32(slot), value)
+                table.append(value.value)
+            return table
+        finally:
+            os.close(fd)
+
+    def remove(self, index: int, scope: int) -> bool:
+        return self.delete(self.key(index, scope))
+
+
+class LbConfigMap(_TypedMap):
+    """apiary_lb_config: the backend selection algorithm and the Maglev table size."""
+    NAME = "apiary_lb_config"
+    ALGORITHMS = {"random": 0, "maglev": 1}
+
+    def get(self) -> dict:
+        value = self.lookup(u32(0))
+        names = {number: name for name, number in self.ALGORITHMS.items()}
+        return {"algorithm": names.get(value.algorithm, str(value.algorithm)),
+                "maglev_table_size": value.maglev_table_size, "node_address": ip4_str(value.node_address)}
+
+    def set(self, algorithm: str, maglev_table_size: int, node_address: str | None = None) -> None:
+        self.update(u32(0), LbConfig(algorithm=self.ALGORITHMS[algorithm], maglev_table_size=maglev_table_size,
+                                     node_address=ip4_be(node_address)))
+
+
+class NatMap(_TypedMap):
+    """apiary_lb4_nat: the tc path's translations, keyed by a packet's tuple as it arrives."""
+    NAME = "apiary_lb4_nat"
+    DIRECTIONS = {0: "forward", 1: "reply"}
+
+    def list(self) -> list[dict]:
+        rows = []
+        for k, v in self.items():
+            rows.append({"from": (ip4_str(k.saddr), port_int(k.sport), ip4_str(k.daddr), port_int(k.dport)),
+                         "protocol": PROTOCOL_NAMES.get(k.nexthdr, str(k.nexthdr)),
+                         "direction": self.DIRECTIONS.get(k.flags, str(k.flags)),
+                         "to": (ip4_str(v.saddr), port_int(v.sport), ip4_str(v.daddr), port_int(v.dport)),
+                         "rev_nat_index": v.rev_nat_index, "lifetime": v.lifetime})
+        return rows

@@ -26,7 +26,7 @@ def _print(result: dict, args, quiet_line: str) -> int:
 def _apply(args) -> int:
     try:
         result = loader.apply(args.objects, args.pin_dir, args.uplink, args.routing_mode, check=args.check,
-                              state_file=args.state_file)
+                              state_file=args.state_file, cgroup=args.cgroup)
     except LibbpfError as exc:
         raise UserError(str(exc)) from None
     return _print(result, args, "datapath up to date")
@@ -34,7 +34,8 @@ def _apply(args) -> int:
 
 def _remove(args) -> int:
     try:
-        result = loader.remove(args.pin_dir, args.uplink, check=args.check, state_file=args.state_file)
+        result = loader.remove(args.pin_dir, args.uplink, check=args.check, state_file=args.state_file,
+                               cgroup=args.cgroup)
     except LibbpfError as exc:
         raise UserError(str(exc)) from None
     return _print(result, args, "nothing to remove")
@@ -44,6 +45,8 @@ def _common(parser) -> None:
     parser.add_argument("--pin-dir", required=True, help="bpffs folder for the maps and programs")
     parser.add_argument("--uplink", default="eth0", help="the node's uplink device (default eth0)")
     parser.add_argument("--state-file", help="what was loaded (default: datapath.json beside the objects folder)")
+    parser.add_argument("--cgroup", help="cgroup v2 directory of the socket load-balancing programs (never the "
+                        "cgroup2 root; remove: default the one apply was given)")
     parser.add_argument("--check", action="store_true", help="change nothing; say what would be done")
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
 

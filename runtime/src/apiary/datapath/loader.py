@@ -9,6 +9,11 @@ holds no regular files), by default `datapath.json` beside the objects folder.
 apply() is idempotent: the same objects with every attachment in place changes nothing. New objects
 are loaded first, then each filter is swapped with BPF_TC_F_REPLACE on the same handle and priority
 (every packet sees the old or the new program, so connections never notice), then re-pinned.
+
+The socket load-balancing programs (bpf_sock.o) go to a cgroup v2 directory given to apply(): every
+process in it or below (pods, the node's own) gets its service connects translated. One program per
+hook in that cgroup, replaced in one step by a new attach. Never the cgroup2 root: that would
+translate the connects of everything on the machine.
 """
 from __future__ import annotations
 
@@ -31,10 +36,14 @@ OBJECTS = {
     "bpf_lxc.o": ("from_container", "to_container"),
     "bpf_host.o": ("from_netdev",),
     "bpf_overlay.o": ("from_overlay", "to_overlay"),
+    "bpf_sock.o": ("sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeername"),
 }
 PROGRAMS = {prog: obj for obj, progs in OBJECTS.items() for prog in progs}
 # The programs on every endpoint's lxc device: what the pod sends, and what it receives.
 ENDPOINT_HOOKS = (("ingress", "from_container"), ("egress", "to_container"))
+# The socket programs on the cgroup's hooks.
+CGROUP_HOOKS = (("connect4", "sock4_connect"), ("sendmsg4", "sock4_sendmsg"), ("recvmsg4", "sock4_recvmsg"),
+                ("getpeername4", "sock4_getpeername"))
 ROUTING_MODES = ("native", "tunnel")
 VXLAN_DEVICE = "apiary_vxlan"
 VXLAN_PORT = 8472
@@ -214,6 +223,75 @@ def _attach(device: str, point: str, prog_fd: int) -> int:
     return libbpf.tc_attach(ifindex, point, prog_fd, TC_HANDLE, TC_PRIORITY, replace=True)
 
 
+# --- the cgroup of the socket programs -----------------------------------------------------------------
+def cgroup2_mount() -> str:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid
+    systemd host), from /proc/mounts."""
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return fields[1]
+    raise UserError("no cgroup2 filesystem is mounted (mount -t cgroup2 none /sys/fs/cgroup)")
+
+
+def _check_cgroup(cgroup: str) -> str:
+    """The cgroup's real path: a directory inside the cgroup2 mount, never its root."""
+    mount = os.path.realpath(cgroup2_mount())
+    path = os.path.realpath(cgroup)
+    if os.path.commonpath([mount, path]) != mount or not os.path.isdir(path):
+        raise UserError("cgroup %s is not a directory of the cgroup2 mount %s" % (cgroup, mount))
+    if path == mount:
+        raise UserError("cgroup %s is the root of the cgroup2 hierarchy: the socket programs would translate "
+                        "the connects of every process on the machine; give a cgroup of the node" % cgroup)
+    return path
+
+
+@contextlib.contextmanager
+def _cgroup_fd(path: str):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _cgroup_attached(path: str) -> dict:
+    """{hook: id of the program attached in the cgroup itself, or None}; all None when the cgroup is gone."""
+    if not os.path.isdir(path):
+        return {hook: None for hook, _ in CGROUP_HOOKS}
+    with _cgroup_fd(path) as fd:
+        return {hook: next(iter(libbpf.cgroup_query(fd, hook)), None) for hook, _ in CGROUP_HOOKS}
+
+
+def detach_cgroup(pin_dir: str, cgroup: str, check: bool = False) -> list[str]:
+    """Detach the socket programs (those pinned under the pin dir, or previously pinned: any program
+    of that name) from the cgroup; the human lines of what was (or would be) done."""
+    if not os.path.isdir(cgroup):
+        return []
+    pinned = _pinned_programs(pin_dir) if os.path.isdir(pin_dir) else {}
+    actions = []
+    with _cgroup_fd(cgroup) as fd:
+        for hook, program in CGROUP_HOOKS:
+            for prog_id in libbpf.cgroup_query(fd, hook):
+                if prog_id == pinned.get(program, {}).get("id") or _prog_name(prog_id) == program[:15]:
+                    actions.append("detach %s from cgroup %s %s" % (program, cgroup, hook))
+                    if not check:
+                        libbpf.cgroup_detach(fd, hook)
+    return actions
+
+
+def _prog_name(prog_id: int) -> str | None:
+    try:
+        fd = libbpf.prog_fd_by_id(prog_id)
+    except libbpf.LibbpfError:
+        return None
+    try:
+        return libbpf.prog_info(fd)["name"]
+    finally:
+        os.close(fd)
+
+
 def _check_inputs(pin_dir: str) -> None:
     if not _on_bpffs(pin_dir):
         raise UserError("pin dir %s is not on a bpf filesystem (mount -t bpf bpffs /sys/fs/bpf)" % pin_dir)
@@ -221,8 +299,9 @@ def _check_inputs(pin_dir: str) -> None:
 
 # --- the public API --------------------------------------------------------------------------------
 def apply(objects_dir: str, pin_dir: str, uplink: str, routing_mode: str, check: bool = False,
-          state_file: str | None = None) -> dict:
-    """Make the node's datapath what the objects and the routing mode say.
+          state_file: str | None = None, cgroup: str | None = None) -> dict:
+    """Make the node's datapath what the objects and the routing mode say; with `cgroup` (a cgroup v2
+    directory, not the root) the socket programs are attached there too.
 
     Returns {changed, actions: [human lines], programs: {name: {id, tag}}, previous_programs, objects:
     {file: sha256}}. With check=True nothing is changed; the actions say what would be done, and
@@ -237,6 +316,8 @@ def apply(objects_dir: str, pin_dir: str, uplink: str, routing_mode: str, check:
     if _ifindex(uplink) is None:
         raise UserError("uplink %s: no such device in this network namespace" % uplink)
     _check_inputs(pin_dir)
+    if cgroup is not None:
+        cgroup = _check_cgroup(cgroup)
     state_file = state_file or default_state_file(objects_dir)
     digests = {obj: _sha256(path) for obj, path in paths.items()}
     if not check:
@@ -271,6 +352,16 @@ def apply(objects_dir: str, pin_dir: str, uplink: str, routing_mode: str, check:
         for dev, point, prog in todo:
             verb = "replace" if current[(dev, point)] else "attach"
             actions.append("%s %s on %s %s" % (verb, prog, dev, point))
+        # The socket programs: on the cgroup given, and off one given before.
+        old_cgroup = state.get("cgroup")
+        if old_cgroup and old_cgroup != cgroup:
+            actions += detach_cgroup(pin_dir, old_cgroup, check=True)
+        in_cgroup = _cgroup_attached(cgroup) if cgroup else {}
+        cgroup_todo = [(hook, prog) for hook, prog in CGROUP_HOOKS if cgroup and (
+            prog in reload or in_cgroup[hook] != before.get(prog, {}).get("id"))]
+        for hook, prog in cgroup_todo:
+            verb = "replace" if in_cgroup[hook] else "attach"
+            actions.append("%s %s on cgroup %s %s" % (verb, prog, cgroup, hook))
 
         result = {"changed": bool(actions), "actions": actions, "objects": digests,
                   "previous_programs": before, "routing_mode": routing_mode, "uplink": uplink}
@@ -293,11 +384,17 @@ def apply(objects_dir: str, pin_dir: str, uplink: str, routing_mode: str, check:
                 libbpf.tc_detach(_ifindex(old_uplink), "ingress", TC_HANDLE, TC_PRIORITY)
             for dev, point, prog in todo:
                 _attach(dev, point, fds[prog])
+            if old_cgroup and old_cgroup != cgroup:
+                detach_cgroup(pin_dir, old_cgroup)
+            if cgroup_todo:
+                with _cgroup_fd(cgroup) as cgroup_fd:
+                    for hook, prog in cgroup_todo:
+                        libbpf.cgroup_attach(cgroup_fd, hook, fds[prog])
             for prog in sorted(reload):
                 _pin_replacing(fds[prog], _prog_pin(pin_dir, prog))
         result["programs"] = _pinned_programs(pin_dir)
         _write_state(state_file, {"objects": digests, "programs": result["programs"], "routing_mode": routing_mode,
-                                  "uplink": uplink, "pin_dir": pin_dir})
+                                  "uplink": uplink, "pin_dir": pin_dir, "cgroup": cgroup})
     return result
 
 
@@ -341,8 +438,10 @@ def detach_endpoint(ifindex: int) -> bool:
     return any([libbpf.tc_detach(ifindex, point, TC_HANDLE, TC_PRIORITY) for point, _ in ENDPOINT_HOOKS])
 
 
-def remove(pin_dir: str, uplink: str, check: bool = False, state_file: str | None = None) -> dict:
-    """Detach everything apply() attached, delete apiary_vxlan, unpin programs and maps, forget the state.
+def remove(pin_dir: str, uplink: str, check: bool = False, state_file: str | None = None,
+           cgroup: str | None = None) -> dict:
+    """Detach everything apply() attached (the socket programs from `cgroup`, by default the cgroup
+    the state file names), delete apiary_vxlan, unpin programs and maps, forget the state.
 
     Returns {changed, actions, previous_programs}. A node with nothing left is not an error.
     """
@@ -357,6 +456,9 @@ def remove(pin_dir: str, uplink: str, check: bool = False, state_file: str | Non
         attached = [(dev, point) for dev, point in hooks
                     if dev != VXLAN_DEVICE and _attached(dev, point) in ours]
         actions += ["detach %s %s" % hook for hook in attached]
+        cgroup = cgroup or (_read_state(state_file).get("cgroup") if state_file else None)
+        if cgroup:
+            actions += detach_cgroup(pin_dir, cgroup, check=True)
         vxlan = ip.link(VXLAN_DEVICE, details=True) is not None
         if vxlan:
             actions.append("delete %s" % VXLAN_DEVICE)
@@ -369,6 +471,8 @@ def remove(pin_dir: str, uplink: str, check: bool = False, state_file: str | Non
         if not check:
             for dev, point in attached:
                 libbpf.tc_detach(_ifindex(dev), point, TC_HANDLE, TC_PRIORITY)
+            if cgroup:
+                detach_cgroup(pin_dir, cgroup)
             if vxlan:
                 ip.run(["link", "del", "dev", VXLAN_DEVICE])
             for path in programs + pinned_maps:
