@@ -12,6 +12,9 @@ from __future__ import annotations
 import ipaddress
 
 ROUTING_MODES = ("native", "tunnel")
+# Service load balancing (Cilium's loadBalancer.algorithm and maglev.tableSize: primes, M >> 100 x backends).
+LB_ALGORITHMS = ("random", "maglev")
+MAGLEV_TABLE_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
 HUBBLE_METRICS = (
     "dns", "drop", "tcp", "flow", "flows-to-world", "icmp", "http", "port-distribution",
     "policy",
@@ -59,7 +62,6 @@ ALIASES = {
 # Settings that are validated and normalised now but whose feature has not landed yet: using
 # them is never silent, the user is told they have no effect so far.
 NOT_YET_EFFECTIVE = {
-    "apiary_kube_proxy_replacement": "kube-proxy replacement",
     "apiary_hubble_enabled": "Hubble observability",
     "apiary_hubble_relay_enabled": "the Hubble relay",
     "apiary_hubble_ui_enabled": "the Hubble UI",
@@ -245,6 +247,19 @@ def _check_networks(hostvars, result):
                 elif variable != "apiary_lab_underlay_cidr" and inside:
                     result.error("ip", "%s lies inside %s (%s)" % (node_ip, variable, net))
 
+    if hostvars.get("apiary_dns_address") is not None:
+        try:
+            dns = parse_ip(hostvars["apiary_dns_address"])
+        except ValueError as exc:
+            result.error("apiary_dns_address", str(exc))
+        else:
+            clash = [variable for variable, net in sorted(nets.items()) if dns in net]
+            if clash or str(dns) == result.settings.get("apiary_node_ip"):
+                result.error("apiary_dns_address", "%s must be an address of its own (link-local, as Kubespray's "
+                             "169.254.25.10), not inside %s" % (dns, clash[0] if clash else "ip"))
+            else:
+                result.settings["apiary_dns_address"] = str(dns)
+
 
 def _check_routing(hostvars, result):
     mode = hostvars.get("apiary_routing_mode")
@@ -252,6 +267,31 @@ def _check_routing(hostvars, result):
         result.error("apiary_routing_mode", "%r is not one of %s" % (mode, ", ".join(ROUTING_MODES)))
     else:
         result.settings["apiary_routing_mode"] = mode
+
+
+def _check_load_balancing(hostvars, result):
+    algorithm = hostvars.get("apiary_lb_algorithm", "random")
+    if algorithm not in LB_ALGORITHMS:
+        result.error("apiary_lb_algorithm", "%r is not one of %s" % (algorithm, ", ".join(LB_ALGORITHMS)))
+    else:
+        result.settings["apiary_lb_algorithm"] = algorithm
+    cgroup = str(hostvars.get("apiary_sock_lb_cgroup", "kubepods.slice")).strip("/")
+    if not cgroup or any(part in ("", ".", "..") for part in cgroup.split("/")):
+        # The root cgroup would put the connects of every process of the host through the programs.
+        result.error("apiary_sock_lb_cgroup", "%r must name a cgroup below the cgroup2 mount (e.g. kubepods.slice), "
+                     "never the root cgroup" % hostvars.get("apiary_sock_lb_cgroup"))
+    else:
+        result.settings["apiary_sock_lb_cgroup"] = cgroup
+    size = hostvars.get("apiary_lb_maglev_table_size", 16381)
+    try:
+        size = int(size)
+    except (TypeError, ValueError):
+        size = None
+    if size not in MAGLEV_TABLE_SIZES:
+        result.error("apiary_lb_maglev_table_size", "%r is not one of Maglev's table sizes %s"
+                     % (hostvars.get("apiary_lb_maglev_table_size"), ", ".join(map(str, MAGLEV_TABLE_SIZES))))
+    else:
+        result.settings["apiary_lb_maglev_table_size"] = size
 
 
 def _check_booleans(hostvars, result):
@@ -353,6 +393,7 @@ def validate_host(host, hostvars, groups_of_host):
     _resolve_aliases(hostvars, result)
     _check_network_plugin(hostvars, result)
     _check_routing(hostvars, result)
+    _check_load_balancing(hostvars, result)
     _check_networks(hostvars, result)
     _check_booleans(hostvars, result)
     _check_hubble_metrics(hostvars, result)
@@ -382,6 +423,7 @@ VARIABLES = sorted(
         "kube_network_plugin", "apiary_routing_mode", "apiary_cluster_pool_ipv4_cidr",
         "apiary_cluster_pool_ipv4_mask_size", "kube_service_addresses", "apiary_lab_underlay_cidr",
         "ip", "apiary_hubble_metrics", "metallb_protocol", "metallb_config",
-        "apiary_ignore_preflight_errors",
+        "apiary_ignore_preflight_errors", "apiary_lb_algorithm", "apiary_lb_maglev_table_size",
+        "apiary_dns_address", "apiary_sock_lb_cgroup",
     }
 )

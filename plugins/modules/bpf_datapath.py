@@ -52,6 +52,13 @@ options:
   state_file:
     description: Where the runtime records what it loaded (default C(datapath.json) beside O(objects_dir)).
     type: path
+  cgroup:
+    description:
+      - The cgroup v2 folder whose processes' connects the socket load-balancing programs (C(bpf_sock.o))
+        translate, absolute or relative to the cgroup2 mount (e.g. C(kubepods.slice)). Never the root cgroup.
+      - Without it, O(state=present) attaches no socket programs (and detaches those a previous run
+        attached); O(state=absent) detaches them from the cgroup the last apply used.
+    type: str
   apiary_bin:
     description: The C(apiary) command of the node runtime.
     type: path
@@ -115,6 +122,8 @@ def command(params, check_mode):
         cmd += ['--objects', params['objects_dir'], '--routing-mode', params['routing_mode']]
     if params['state_file']:
         cmd += ['--state-file', params['state_file']]
+    if params['cgroup']:
+        cmd += ['--cgroup', params['cgroup']]
     if check_mode:
         cmd.append('--check')
     return cmd
@@ -139,6 +148,7 @@ def main():
             routing_mode=dict(type='str', choices=['native', 'tunnel'], default='native'),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             state_file=dict(type='path'),
+            cgroup=dict(type='str'),
             apiary_bin=dict(type='path', default='/usr/local/bin/apiary'),
         ),
         required_if=[('state', 'present', ['objects_dir'])],

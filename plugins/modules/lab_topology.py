@@ -69,6 +69,13 @@ options:
         O(state=absent) they are removed too, before the nodes they hang off.
     type: str
     default: apiary-pod-
+  cgroup_root:
+    description:
+      - The lab's cgroup v2 folder, relative to the cgroup2 mount. Every node gets C(<cgroup_root>/<node name>)
+        there: its pods' processes run in it and the node's socket load-balancing programs are attached to it
+        (never to the root cgroup). With O(state=absent) the folders are removed, any process left in them ended.
+    type: str
+    default: apiary-lab
   nodes:
     description: The lab nodes.
     type: list
@@ -130,6 +137,7 @@ changes:
 """
 
 import ipaddress
+import os
 import re
 
 from ansible.module_utils.basic import AnsibleModule
@@ -141,6 +149,11 @@ NODE_IF = 'eth0'
 # Interface names: at most IFNAMSIZ-1 characters, none of '/', ':' or whitespace.
 IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}$')
 NETNS_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
+# Removes cgroup $1 (a leaf): what is still in it is killed (cgroup.kill), then rmdir until it is empty.
+REMOVE_CGROUP = '''
+for _ in $(seq 100); do rmdir "$1" 2>/dev/null && exit 0; echo 1 > "$1/cgroup.kill" 2>/dev/null; sleep 0.1; done
+rmdir "$1"
+'''
 # Ends every process in namespace $1: SIGTERM, up to 10 s to exit, then SIGKILL.
 STOP_PROCESSES = '''
 pids=$(ip netns pids "$1"); [ -z "$pids" ] && exit 0
@@ -148,6 +161,16 @@ kill -TERM $pids 2>/dev/null
 for _ in $(seq 100); do [ -z "$(ip netns pids "$1")" ] && exit 0; sleep 0.1; done
 kill -KILL $(ip netns pids "$1") 2>/dev/null; exit 0
 '''
+
+
+def cgroup2_mount():
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts)."""
+    with open('/proc/mounts') as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == 'cgroup2':
+                return fields[1]
+    return None
 
 
 def _valid_name(regex, value):
@@ -174,6 +197,10 @@ class LabTopology:
             world = ipaddress.ip_network(p['world_cidr'])
         except ValueError as e:
             errors.append('world_cidr: %s' % e)
+        parts = str(p['cgroup_root']).split('/')
+        if not all(_valid_name(NETNS_RE, part) for part in parts):
+            # Relative and non-empty: the root cgroup itself must never be the lab's.
+            errors.append('cgroup_root: %r must be a relative path of plain names (e.g. apiary-lab)' % p['cgroup_root'])
         if underlay and world and underlay.overlaps(world):
             errors.append('world_cidr %s overlaps underlay_cidr %s' % (world, underlay))
         for field in ('fabric_netns', 'world_netns'):
@@ -261,8 +288,28 @@ class LabTopology:
             'gateway_ip': str(p['gateway_ip']), 'world_netns': p['world_netns'], 'world_cidr': str(self.world),
             'world_address': world_addr,
             'nodes': [{'name': n['name'], 'netns': n['netns'], 'ip': str(n['ip']),
-                       'address': '%s/%s' % (n['ip'], prefix), 'peer': n['name']} for n in p['nodes']],
+                       'address': '%s/%s' % (n['ip'], prefix), 'peer': n['name'],
+                       'cgroup': '%s/%s' % (p['cgroup_root'], n['name'])} for n in p['nodes']],
         }
+
+    def cgroup_dir(self, relative):
+        if self.cgroup_mount is None:
+            self.module.fail_json(msg='no cgroup2 filesystem is mounted: the lab needs cgroup v2 (mount -t cgroup2 '
+                                      'none /sys/fs/cgroup)')
+        return os.path.join(self.cgroup_mount, relative)
+
+    def plan_cgroups_present(self, topo):
+        for path in [self.p['cgroup_root']] + [n['cgroup'] for n in topo['nodes']]:
+            if not os.path.isdir(self.cgroup_dir(path)):
+                self.plan('cgroup %s: create' % path, ['mkdir', self.cgroup_dir(path)])
+
+    def plan_cgroups_absent(self):
+        root = self.cgroup_dir(self.p['cgroup_root'])
+        if not os.path.isdir(root):
+            return
+        children = sorted(name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)))
+        for path in [os.path.join(self.p['cgroup_root'], c) for c in children] + [self.p['cgroup_root']]:
+            self.plan('cgroup %s: delete' % path, ['sh', '-c', REMOVE_CGROUP, 'remove', self.cgroup_dir(path)])
 
     def owned_netns(self):
         pods = sorted(ns for ns in self.existing if ns.startswith(self.p['pod_netns_prefix']))
@@ -278,6 +325,7 @@ class LabTopology:
                 self.plan('netns %s: stop %d process(es) %s' % (ns, len(pids), ' '.join(pids)),
                           ['sh', '-c', STOP_PROCESSES, 'stop', ns])
             self.plan('netns %s: delete' % ns, ['ip', 'netns', 'del', ns])
+        self.plan_cgroups_absent()
 
     def plan_present(self, topo):
         fabric, bridge = topo['fabric_netns'], topo['bridge']
@@ -301,6 +349,7 @@ class LabTopology:
         self.plan_world_extras(topo)
         for node in topo['nodes']:
             self.plan_endpoint(fstate, bridge, node, gateway=topo['gateway_ip'])
+        self.plan_cgroups_present(topo)
 
     def plan_endpoint(self, fstate, bridge, ep, gateway):
         """One namespace plugged into the bridge: veth pair, lo/eth0 up, address, default route."""
@@ -372,6 +421,7 @@ class LabTopology:
         self.validate()
         topo = self.topology()
         self.existing = set(list_netns())
+        self.cgroup_mount = cgroup2_mount()
         try:
             if self.p['state'] == 'present':
                 self.plan_present(topo)
@@ -403,6 +453,7 @@ def main():
             world_netns=dict(type='str', default='apiary-world'),
             world_cidr=dict(type='str', default='198.51.100.0/24'),
             pod_netns_prefix=dict(type='str', default='apiary-pod-'),
+            cgroup_root=dict(type='str', default='apiary-lab'),
             # Suboptions are checked by LabTopology.validate so errors can name the node.
             nodes=dict(type='list', elements='dict', default=[], options=dict(
                 name=dict(type='str'), netns=dict(type='str'), ip=dict(type='str'))),

@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from apiary.datapath.loader import cgroup2_mount
+
 from .conftest import root_netns_snapshot, run_playbook, snapshot_diff
 
 pytestmark = pytest.mark.lab
@@ -25,7 +27,8 @@ def leftovers():
     found = []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     found += [n for n in netns if n.startswith("apiary-")]
-    for path in ("/var/lib/apiary-lab", "/sys/fs/bpf/apiary", "/opt/apiary", "/usr/local/bin/apiary", "/opt/cni"):
+    for path in ("/var/lib/apiary-lab", "/sys/fs/bpf/apiary", "/opt/apiary", "/usr/local/bin/apiary", "/opt/cni",
+                 os.path.join(cgroup2_mount(), "apiary-lab")):  # the lab's cgroups (pods, socket programs)
         if os.path.lexists(path):
             found.append(path)
     procs = subprocess.run(["pgrep", "-af", "apiary-lab"], capture_output=True, text=True).stdout

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from apiary.datapath.loader import cgroup2_mount
+
 from tests.integration.conftest import (LAB_INVENTORY, PLAYBOOKS, netns_list, root_netns_snapshot, run_ansible,
                       run_on_controller, run_playbook, snapshot_diff)
 
@@ -72,7 +74,9 @@ def test_lab_up_connects_nodes_and_world_without_touching_root(lab_reset):
     assert node2 == {"name": "node2", "netns": "apiary-node2", "ip": "10.77.101.12",
                      "groups": ["k8s_cluster", "kube_node"], "state_dir": LAB_ROOT + "/node2",
                      "bpf_pin_dir": "/sys/fs/bpf/apiary/node2", "run_dir": LAB_ROOT + "/node2/run",
-                     "cni_conf_dir": LAB_ROOT + "/node2/cni/net.d"}
+                     "cni_conf_dir": LAB_ROOT + "/node2/cni/net.d", "cgroup": "apiary-lab/node2"}
+    # The node's pods run in its own cgroup (created by the lab), where its socket programs go.
+    assert os.path.isdir(os.path.join(cgroup2_mount(), "apiary-lab", "node2"))
     # Where the lab's kubelet finds CNI plugins: apiary-cni (in the lab's folder), then Debian's.
     assert lab["cni_path"] == [LAB_ROOT + "/cni/bin", "/usr/lib/cni"]
 
@@ -131,6 +135,7 @@ def test_lab_reset_leaves_nothing(lab_reset):
     assert not LAB_NETNS & set(netns_list())
     assert not os.path.exists(LAB_ROOT)
     assert not os.path.exists("/sys/fs/bpf/apiary")
+    assert not os.path.exists(os.path.join(cgroup2_mount(), "apiary-lab"))
     assert subprocess.run(["pgrep", "-f", "/usr/bin/etcd"], capture_output=True).returncode == 1
     assert snapshot_diff(before, root_netns_snapshot()) == []
 

@@ -12,7 +12,8 @@ from tests.lab import manifests
 from tests.lab.fakes import FakeKubelet, MemoryEtcd
 
 LAB = {"nodes": [{"name": "node1", "ip": "10.77.101.11", "groups": ["kube_control_plane", "kube_node", "etcd"]},
-                 {"name": "node2", "ip": "10.77.101.12", "groups": ["kube_node"]}]}
+                 {"name": "node2", "ip": "10.77.101.12", "groups": ["kube_node"]}],
+       "service_cidr": "10.233.0.0/18"}
 
 
 def cluster():
@@ -79,12 +80,7 @@ def test_label_value_not_a_string():
 
 def test_unknown_kind():
     msg = refused(manifests.seed() + "---\napiVersion: v1\nkind: Foo\nmetadata: {name: x}\n")
-    assert 'document 5: kind: unknown kind "Foo" (supported: Namespace, Pod, Deployment, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy)' in msg
-
-
-def test_service_is_not_supported_yet():
-    msg = refused(manifests.seed() + "---\n" + manifests.SERVICE)
-    assert "Service network-policy-test/frontend: kind Service is not supported yet (it comes with issue 5" in msg
+    assert 'document 5: kind: unknown kind "Foo" (supported: Namespace, Pod, Deployment, Service, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy)' in msg
 
 
 def test_selector_must_match_template():

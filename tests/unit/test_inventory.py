@@ -29,10 +29,21 @@ def test_good_inventory_is_normalised():
     assert result.settings["apiary_cluster_pool_ipv4_mask_size"] == 24  # string from a template -> int
     assert result.settings["apiary_routing_mode"] == "native"
     assert result.settings["apiary_node_ip"] == "10.77.101.11"
+    assert (result.settings["apiary_lb_algorithm"], result.settings["apiary_lb_maglev_table_size"]) == ("random", 16381)
+    assert check(apiary_dns_address="169.254.25.10").settings["apiary_dns_address"] == "169.254.25.10"
+    chosen = check(apiary_lb_algorithm="maglev", apiary_lb_maglev_table_size="65521")  # a templated string
+    assert (chosen.settings["apiary_lb_algorithm"], chosen.settings["apiary_lb_maglev_table_size"]) == ("maglev", 65521)
 
 
 @pytest.mark.parametrize("overrides, variable, words", [
     ({"apiary_routing_mode": "geneve"}, "apiary_routing_mode", "not one of native, tunnel"),
+    ({"apiary_dns_address": "10.233.0.3"}, "apiary_dns_address", "not inside kube_service_addresses"),
+    ({"apiary_dns_address": "dns"}, "apiary_dns_address", "not a valid IP address"),
+    ({"apiary_sock_lb_cgroup": "/"}, "apiary_sock_lb_cgroup", "never the root cgroup"),
+    ({"apiary_sock_lb_cgroup": "kubepods/../.."}, "apiary_sock_lb_cgroup", "never the root cgroup"),
+    ({"apiary_lb_algorithm": "round-robin"}, "apiary_lb_algorithm", "not one of random, maglev"),
+    ({"apiary_lb_maglev_table_size": 1000}, "apiary_lb_maglev_table_size", "not one of Maglev's table sizes 251"),
+    ({"apiary_lb_maglev_table_size": "big"}, "apiary_lb_maglev_table_size", "not one of Maglev's table sizes"),
     ({"apiary_cluster_pool_ipv4_cidr": "10.233.64.1/18"}, "apiary_cluster_pool_ipv4_cidr", "host bits"),
     ({"apiary_cluster_pool_ipv4_cidr": "10.233.300.0/18"}, "apiary_cluster_pool_ipv4_cidr", "not a valid CIDR"),
     ({"apiary_cluster_pool_ipv4_cidr": "fd00::/64"}, "apiary_cluster_pool_ipv4_cidr", "not IPv4"),
@@ -122,3 +133,9 @@ def test_metallb_bgp_protocol_is_refused():
 def test_duplicate_node_addresses_across_hosts():
     errors = validate_cluster({"node1": "10.77.101.11", "node2": "10.77.101.11", "node3": "10.77.101.13"})
     assert errors == ["node2: ip: 10.77.101.11 is also the address of node1"]
+
+
+def test_kube_proxy_replacement_is_wired_so_no_notice_says_it_has_no_effect():
+    result = check(cilium_kube_proxy_replacement="strict")
+    assert result.settings["apiary_kube_proxy_replacement"] is True
+    assert not any("apiary_kube_proxy_replacement is on" in n for n in result.notices), result.notices

@@ -52,6 +52,7 @@ def _handler(agent):
         ("DELETE", r"/v1/policy", lambda m, body: agent.policy_delete(body)),
         ("GET", r"/v1/bpf/policy", lambda m, body: agent.bpf_policy(None)),
         ("GET", r"/v1/bpf/policy/(\d+)", lambda m, body: agent.bpf_policy(int(m[1]))),
+        ("GET", r"/v1/service", lambda m, body: agent.service_list()),
         ("GET", r"/v1/map", lambda m, body: agent.map_names()),
         ("GET", r"/v1/map/([a-z0-9_]+)", lambda m, body: agent.map_dump(m[1])),
         ("POST", r"/v1/ipam", lambda m, body: agent.ipam_allocate(body)),

@@ -1,5 +1,5 @@
 """Agent commands, shaped like cilium-dbg's: `apiary agent`, `status`, `endpoint list|get|health`,
-`identity list`, `map list|get`, `policy get|validate|import|delete`, `bpf policy get`. Each talks to one node's agent: this host's by default,
+`identity list`, `map list|get`, `policy get|validate|import|delete`, `bpf policy get`, `service list`. Each talks to one node's agent: this host's by default,
 `--node NAME` for a lab node, `--socket PATH` for any."""
 from __future__ import annotations
 
@@ -127,6 +127,17 @@ def _render_bpf_policy(endpoints) -> None:
                             "BYTES", "PACKETS"])
 
 
+def _render_services(services) -> None:
+    """As `cilium service list`: one row per frontend, then one per further backend."""
+    rows = []
+    for svc in services:
+        backends = ["%d => %s (%s)" % (n, b["address"], b.get("state", "active"))
+                    for n, b in enumerate(svc["backends"], 1)] or [""]
+        rows.append([svc["id"], svc["frontend"], svc["type"], backends[0]])
+        rows += [["", "", "", backend] for backend in backends[1:]]
+    output.table(rows, ["ID", "Frontend", "Service Type", "Backend"])
+
+
 def _render_policy_change(result) -> None:
     for item in result["results"]:
         print("%s %s" % (item["object"], item["action"]))
@@ -240,6 +251,12 @@ def register(sub) -> None:
         p.add_argument("--check", action="store_true", help="change nothing, say what would change")
         target(p)
         p.set_defaults(func=lambda a, m=method: _policy_change(a, m))
+
+    service = sub.add_parser("service", help="services as this node's datapath balances them") \
+        .add_subparsers(dest="sub", required=True)
+    p = service.add_parser("list", help="frontends and their backends (apiary_lb4_services)")
+    target(p)
+    p.set_defaults(func=lambda a: _emit(a, _get(a, "/v1/service"), _render_services))
 
     bpf = sub.add_parser("bpf", help="the datapath's BPF state").add_subparsers(dest="sub", required=True)
     bpf_policy = bpf.add_parser("policy", help="apiary_policy").add_subparsers(dest="verb", required=True)

@@ -27,6 +27,9 @@ class AgentConfig:
     uplink: str = "eth0"
     device_mtu: int = 1500
     cluster_name: str = "default"
+    dns_address: str | None = None  # the node-local DNS address the agent serves Service names on
+    lb_algorithm: str = "random"
+    maglev_table_size: int = 16381
 
     @property
     def socket_path(self) -> str:

@@ -4,7 +4,8 @@
 2. reach the store, claim (or find again) the node's pod CIDR and publish the node;
 3. restore saved endpoints, comparing with what the maps hold (nothing of a running pod is removed;
    their policy entries stay as they are until the policies have been read);
-4. start the store sync (ipcache, routes and policy as differences against the current maps) and the API.
+4. start the store sync (ipcache, routes, policy and services as differences against the current maps)
+   and the API.
 
 When the agent stops or is killed, the datapath keeps forwarding with what the maps hold.
 """
@@ -21,10 +22,13 @@ import time
 from apiary import ip
 from apiary.errors import UserError
 from apiary.agent import api, ipam, state
+from apiary.agent.dns import DnsServer
 from apiary.agent.datapath import Datapath
 from apiary.agent.endpoints import EndpointError, EndpointManager
 from apiary.agent.policy import PolicyManager
+from apiary.agent.services import ServiceManager
 from apiary.agent.sync import StoreSync
+from apiary.datapath import lb
 from apiary.store.etcd import EtcdClient
 
 log = logging.getLogger("apiary.agent")
@@ -42,6 +46,8 @@ class Agent:
         self.endpoints = None
         self.sync = None
         self.policy = None
+        self.services = None
+        self.dns = None
         self.restored = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -64,6 +70,13 @@ class Agent:
         self.policy = PolicyManager(self.datapath, self.sync)
         self.policy.first_sync()
         self.sync.policy = self.policy
+        self.services = ServiceManager(lb.LoadBalancer(cfg.pin_dir, cfg.lb_algorithm, cfg.maglev_table_size,
+                                                       node_address=cfg.node_ip), cfg.node_name, cfg.node_ip)
+        self.sync.services = self.services
+        if cfg.dns_address:
+            # Kubespray's nodelocaldns address: an address of every node, named in the pods' resolv.conf.
+            ip.run(["addr", "replace", "%s/32" % cfg.dns_address, "dev", "lo"])
+            self.dns = DnsServer(cfg.dns_address, self.services.cluster_ip).start()
         self.endpoints = EndpointManager(cfg, self.store, self.datapath, cfg.node_ip, self.policy)
         self.restored = self.endpoints.restore()
         log.info("node %s: pod CIDR %s, router %s, %d endpoint(s) restored, %d removed", cfg.node_name, cidr,
@@ -203,6 +216,9 @@ class Agent:
         eps = [self.endpoints.get(endpoint_id)] if endpoint_id is not None else self.endpoints.list()
         return [{"endpoint": ep.id, "path": "%s/apiary_policy (lxc_id %d)" % (self.config.pin_dir, ep.id),
                  "entries": self.policy.bpf_policy(ep.id)} for ep in eps]
+
+    def service_list(self) -> list:
+        return self.services.list()
 
     def map_names(self) -> list:
         return self.datapath.map_names()

@@ -6,7 +6,8 @@ The store holds every node (`/apiary/nodes/`) and every pod IP with its identity
 the nodes. Updates are applied as differences, so an unchanged entry is never rewritten. After the
 first full read (one read of /apiary/, so every part is from the same revision), the store is
 watched; when the watch breaks (etcd restarted, compacted), everything is read again. Policy
-objects, identities and pods go to the policy repository (agent/policy.py).
+objects, identities and pods go to the policy repository (agent/policy.py); Services and pods to the
+service cache (agent/services.py).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class StoreSync:
         self.routes: dict[str, dict] = {}  # cidr -> node record routed to
         self.local_prefixes: dict[str, int] = {}  # CIDR identities of the policies: prefix -> identity
         self.policy = None  # PolicyManager, when the agent has one
+        self.services = None  # ServiceManager, likewise
         self.lock = threading.Lock()
         self.synced = threading.Event()
         self.revision = 0
@@ -52,6 +54,8 @@ class StoreSync:
         want = {"0.0.0.0/0": (WORLD, None)}
         want["%s/32" % self.node["ip"]] = (HOST, None)
         want["%s/32" % self.node["router_ip"]] = (HOST, None)
+        if self.config.dns_address:
+            want["%s/32" % self.config.dns_address] = (HOST, None)
         for name, node in self.nodes.items():
             if name == self.node["name"]:
                 continue
@@ -142,8 +146,9 @@ class StoreSync:
             self.nodes = {kv.key[len(NODES):]: json.loads(kv.value) for kv in kvs if kv.key.startswith(NODES)}
             self.entries = {self.prefix_of(kv.key): json.loads(kv.value) for kv in kvs if kv.key.startswith(IPCACHE)}
             self.revision = revision
-        if self.policy is not None:
-            self.policy.load(kvs, revision)
+        for consumer in (self.policy, self.services):
+            if consumer is not None:
+                consumer.load(kvs, revision)
         self.apply()
         self.synced.set()
 
@@ -155,8 +160,11 @@ class StoreSync:
     def handle(self, event) -> None:
         key = event.kv.key
         self.revision = max(self.revision, event.kv.mod_revision)
-        if self.policy is not None and self.policy.handle(key, event.kv.value if event.type == "PUT" else None,
-                                                          event.kv.mod_revision):
+        value = event.kv.value if event.type == "PUT" else None
+        # Pods matter to both the policy repository (named ports) and the services (endpoints).
+        taken = [consumer.handle(key, value, event.kv.mod_revision) for consumer in (self.policy, self.services)
+                 if consumer is not None]
+        if any(taken):
             return
         with self.lock:
             if key.startswith(NODES):

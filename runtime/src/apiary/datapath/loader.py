@@ -236,9 +236,10 @@ def cgroup2_mount() -> str:
 
 
 def _check_cgroup(cgroup: str) -> str:
-    """The cgroup's real path: a directory inside the cgroup2 mount, never its root."""
+    """The cgroup's real path: a directory inside the cgroup2 mount (a relative path is taken from the
+    mount, e.g. kubepods.slice), never its root."""
     mount = os.path.realpath(cgroup2_mount())
-    path = os.path.realpath(cgroup)
+    path = os.path.realpath(os.path.join(mount, cgroup))
     if os.path.commonpath([mount, path]) != mount or not os.path.isdir(path):
         raise UserError("cgroup %s is not a directory of the cgroup2 mount %s" % (cgroup, mount))
     if path == mount:

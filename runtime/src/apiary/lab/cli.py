@@ -33,6 +33,7 @@ KIND_ALIASES = {
     "ciliumclusterwidenetworkpolicies": "CiliumClusterwideNetworkPolicy",
     "ciliumclusterwidenetworkpolicy": "CiliumClusterwideNetworkPolicy", "ccnp": "CiliumClusterwideNetworkPolicy",
     "networkpolicies": "NetworkPolicy", "networkpolicy": "NetworkPolicy", "netpol": "NetworkPolicy",
+    "services": "Service", "service": "Service", "svc": "Service",
 }
 
 
@@ -125,10 +126,8 @@ def _kind_and_names(target: list):
 def _kind(word: str) -> str:
     kind = KIND_ALIASES.get(word.lower())
     if kind is None:
-        if word.lower() in ("service", "services", "svc"):
-            raise UserError("kind Service is not supported yet (%s)" % objects.NOT_YET["Service"])
         raise UserError('the server doesn\'t have a resource type "%s" (the lab has: pods, deployments, '
-                        'namespaces, nodes, ciliumnetworkpolicies, ciliumclusterwidenetworkpolicies, '
+                        'namespaces, services, nodes, ciliumnetworkpolicies, ciliumclusterwidenetworkpolicies, '
                         'networkpolicies)' % word)
     return kind
 
@@ -308,6 +307,19 @@ def _print_objects(kind: str, items: list, args, all_namespaces: bool, single: b
                 row += [",".join(c["name"] for c in containers), ",".join(c["image"] for c in containers),
                         ",".join("%s=%s" % kv for kv in sorted(spec["selector"]["matchLabels"].items()))]
             rows.append(row)
+    elif kind == "Service":
+        headers = ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"] + (["SELECTOR"] if wide else [])
+        for svc in items:
+            spec = svc["spec"]
+            external = ([spec["loadBalancerIP"]] if spec.get("loadBalancerIP") else []) + (spec.get("externalIPs") or [])
+            ports = ",".join("%d%s/%s" % (p["port"], ":%d" % p["nodePort"] if p.get("nodePort") else "", p["protocol"])
+                             for p in spec["ports"])
+            row = [svc["metadata"]["name"], spec["type"], spec["clusterIP"],
+                   ",".join(external) or ("<pending>" if spec["type"] == "LoadBalancer" else "<none>"), ports,
+                   age(svc["metadata"].get("creationTimestamp"))]
+            if wide:
+                row.append(",".join("%s=%s" % kv for kv in sorted((spec.get("selector") or {}).items())) or "<none>")
+            rows.append(row)
     elif kind in objects.POLICY_KINDS:
         headers = ["NAME", "AGE"]
         rows = [[obj["metadata"]["name"], age(obj["metadata"].get("creationTimestamp"))] for obj in items]
@@ -383,6 +395,9 @@ def _exec(args) -> int:
     for name in ("TERM", "LANG", "LC_ALL"):
         if name in os.environ:
             env.setdefault(name, os.environ[name])
+    # Into the container's cgroup as well, as `kubectl exec` runs in the container's: the node's
+    # socket load-balancing programs then see this command's connects too.
+    kubelet.join_cgroup(kubelet.cgroup_of(cs["pid"]))
     nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
     argv = [nsenter, "-t", str(cs["pid"]), "-n", "-m", "-u"]
     if container.get("workingDir"):

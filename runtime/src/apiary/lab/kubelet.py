@@ -106,6 +106,36 @@ def netns_pids(name: str) -> list:
     return pids
 
 
+# --- cgroups: where the node's socket load-balancing programs see the pods' connects --------------
+
+def cgroup_dir(node: dict) -> str | None:
+    """The node's cgroup (lab.json gives it relative to the cgroup2 mount); None for an older lab.json."""
+    from apiary.datapath.loader import cgroup2_mount
+
+    return os.path.join(cgroup2_mount(), node["cgroup"]) if node.get("cgroup") else None
+
+
+def join_cgroup(directory: str | None, pid: int = 0) -> None:
+    """Move process `pid` (0: the caller) into the cgroup `directory`; its children are born there."""
+    if directory:
+        with open(os.path.join(directory, "cgroup.procs"), "w") as procs:
+            procs.write(str(pid or os.getpid()))
+
+
+def cgroup_of(pid: int) -> str | None:
+    """The cgroup v2 folder of a running process (None when it is gone)."""
+    from apiary.datapath.loader import cgroup2_mount
+
+    try:
+        with open("/proc/%d/cgroup" % pid) as handle:
+            for line in handle:
+                if line.startswith("0::"):
+                    return os.path.join(cgroup2_mount(), line[3:].strip().lstrip("/"))
+    except OSError:
+        return None
+    return None
+
+
 # --- the kubelet --------------------------------------------------------------------------------
 
 class Kubelet:
@@ -178,7 +208,7 @@ class Kubelet:
             reason = "StartError"
             for container in pod["spec"]["containers"]:
                 images.prepare(container, directory)
-                statuses.append(start_container(pod, container, directory, ns))
+                statuses.append(start_container(pod, container, directory, ns, cgroup_dir(node)))
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the pod is undone and marked Failed
             message = _message(exc)
             pod["status"]["containerStatuses"] = statuses
@@ -324,7 +354,7 @@ class ContainerStartError(Exception):
     pass
 
 
-def start_container(pod: dict, container: dict, directory: str, ns: str) -> dict:
+def start_container(pod: dict, container: dict, directory: str, ns: str, cgroup: str | None = None) -> dict:
     """Start one container under its shim; returns its containerStatus (with pid, shimPid,
     procStart). Raises ContainerStartError when it could not be started (e.g. no such command)."""
     argv = images.argv(container, directory)
@@ -336,7 +366,7 @@ def start_container(pod: dict, container: dict, directory: str, ns: str) -> dict
         os.unlink(exit_path)
     log_path = os.path.join(directory, container["name"] + ".log")
     spec = {"argv": argv, "env": env, "cwd": container.get("workingDir") or "/", "log": log_path,
-            "exit": exit_path, "netns": ns, "hostname": images.hostname(pod),
+            "exit": exit_path, "netns": ns, "cgroup": cgroup, "hostname": images.hostname(pod),
             "hosts": os.path.join(directory, "hosts"), "resolv": os.path.join(directory, "resolv.conf")}
     sys.stdout.flush()
     sys.stderr.flush()
@@ -372,6 +402,7 @@ def _first_child(spec: dict, out: int) -> None:
             os._exit(0)
         shim_pid = os.getpid()
         os.write(out, b"shim %d\n" % shim_pid)
+        join_cgroup(spec["cgroup"])  # the node's: its socket programs translate the pod's connects
         netns.enter(spec["netns"])
         _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare(mount, uts)")
         _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")

@@ -1,6 +1,7 @@
 """What `apiary lab apply` accepts: reading manifests and checking them as the API server would.
 
-Kinds: Namespace (v1), Pod (v1), Deployment (apps/v1), and the policy kinds (checked by
+Kinds: Namespace (v1), Pod (v1), Deployment (apps/v1), Service (v1, its spec checked by
+apiary.service), and the policy kinds (checked by
 apiary.policy.rules: CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy). Names and labels follow Kubernetes' rules
 (DNS-1123, qualified names). Every problem names the object and the field path, e.g.
 
@@ -26,16 +27,13 @@ KINDS = {
     "Namespace": ("v1", "namespaces", False, "namespace"),
     "Pod": ("v1", "pods", True, "pod"),
     "Deployment": ("apps/v1", "deployments", True, "deployment.apps"),
+    "Service": ("v1", "services", True, "service"),
     "CiliumNetworkPolicy": ("cilium.io/v2", "ciliumnetworkpolicies", True, "ciliumnetworkpolicy.cilium.io"),
     "CiliumClusterwideNetworkPolicy": ("cilium.io/v2", "ciliumclusterwidenetworkpolicies", False,
                                        "ciliumclusterwidenetworkpolicy.cilium.io"),
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies", True, "networkpolicy.networking.k8s.io"),
 }
 POLICY_KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy")
-# Kinds the lab knows it will support later: rejected with a clear message, never ignored.
-NOT_YET = {
-    "Service": "it comes with issue 5, Services and kube-proxy replacement",
-}
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -394,10 +392,6 @@ def check_object(obj, index: int, default_namespace: str, lab_nodes=(), namespac
     kind = obj.get("kind")
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     name = meta.get("name")
-    if kind in NOT_YET:
-        ns = meta.get("namespace") or default_namespace
-        who = "%s %s/%s" % (kind, ns, name) if name else "document %d (%s)" % (index, kind)
-        return None, ["%s: kind %s is not supported yet (%s)" % (who, kind, NOT_YET[kind])]
     if kind not in KINDS:
         if kind is None:
             return None, ["document %d: kind: required field is missing (supported: %s)"
@@ -444,6 +438,10 @@ def check_object(obj, index: int, default_namespace: str, lab_nodes=(), namespac
         out["spec"] = _pod_spec(c, obj.get("spec"), "spec", lab_nodes)
     elif kind == "Deployment":
         out["spec"] = _deployment_spec(c, obj.get("spec"), lab_nodes)
+    elif kind == "Service":
+        from apiary import service  # the Service spec is apiary.service's to check
+
+        out["spec"] = service.check_spec(c, obj.get("spec"))
     return (out if not c.problems else None), c.problems
 
 
@@ -533,10 +531,6 @@ def identities(docs: list, default_namespace: str, namespace_flag: bool = False)
         kind = doc.get("kind")
         meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
         name = meta.get("name")
-        if kind in NOT_YET:
-            problems.append("%s %s/%s: kind %s is not supported yet (%s)"
-                            % (kind, meta.get("namespace") or default_namespace, name, kind, NOT_YET[kind]))
-            continue
         if kind not in KINDS:
             problems.append("document %d: kind: unknown kind %s (supported: %s)"
                             % (index, json.dumps(kind), ", ".join(KINDS)))

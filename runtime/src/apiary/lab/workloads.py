@@ -24,6 +24,7 @@ import random
 import sys
 import uuid
 
+from apiary import service
 from apiary.errors import UserError
 from apiary.lab import kubelet as kubelet_mod
 from apiary.lab import objects
@@ -117,12 +118,15 @@ class Cluster:
         objs, problems = objects.check_documents(docs, namespace, self.node_names, namespace_flag)
         known = {n["metadata"]["name"] for n in self.store.list("Namespace")} | {"default"}
         in_file = {o["metadata"]["name"] for o in objs if o["kind"] == "Namespace"}
+        services = self.store.list("Service") if any(o["kind"] == "Service" for o in objs) else []
         for obj in objs:
             meta = obj["metadata"]
             if objects.KINDS[obj["kind"]][2] and meta["namespace"] not in known | in_file:
                 problems.append("%s: metadata.namespace: namespaces %s not found (create it first: a "
                                 "Namespace object earlier in this file, or applied before)"
                                 % (objects.describe(obj), json.dumps(meta["namespace"])))
+            if obj["kind"] == "Service":
+                problems += self._service_problems(obj, services)
             if obj["kind"] == "Pod":
                 existing = self.store.get("Pod", meta["namespace"], meta["name"])
                 if existing is not None:
@@ -185,6 +189,43 @@ class Cluster:
                 self._warn("apiary: warning: pod/%s: %s" % (meta["name"], warning))
             self._start(existing)  # retry, as the kubelet would
         return verb
+
+    # --- services ------------------------------------------------------------------------------
+
+    @property
+    def service_cidr(self) -> str:
+        if not self.lab.get("service_cidr"):
+            raise UserError("lab.json has no service_cidr: re-run cluster.yml to update the lab")
+        return self.lab["service_cidr"]
+
+    def _service_problems(self, obj: dict, services: list) -> list:
+        """What the API server would refuse: addresses and NodePorts taken or out of range, named ports
+        no selected pod has. `services` (the stored ones) takes this file's Services as they come, so
+        that two in one file cannot collide either."""
+        meta = obj["metadata"]
+        same = lambda other: (other["metadata"]["namespace"], other["metadata"]["name"]) == (  # noqa: E731
+            meta["namespace"], meta["name"])
+        existing = next((other for other in services if same(other)), None)
+        allocated = copy.deepcopy(obj)
+        problems = service.allocate(allocated, existing, [o for o in services if not same(o)], self.service_cidr)
+        problems += service.named_port_problems(allocated, self.store.list("Pod", meta["namespace"]))
+        services[:] = [o for o in services if not same(o)] + [allocated]
+        return problems
+
+    def _apply_service(self, obj: dict) -> str:
+        meta = obj["metadata"]
+        existing = self.store.get("Service", meta["namespace"], meta["name"])
+        if existing is not None and self._last_applied(existing) == obj:
+            return "unchanged"
+        allocated = copy.deepcopy(obj)
+        others = [o for o in self.store.list("Service") if (o["metadata"]["namespace"], o["metadata"]["name"])
+                  != (meta["namespace"], meta["name"])]
+        problems = service.allocate(allocated, existing, others, self.service_cidr)
+        if problems:  # check() found none: only a concurrent apply can get here
+            raise UserError("\n".join(problems))
+        self.store.put({"apiVersion": "v1", "kind": "Service", "metadata": self._new_meta(obj, existing),
+                        "spec": allocated["spec"]})
+        return "created" if existing is None else "configured"
 
     def _apply_policy(self, obj: dict) -> str:
         return self.store.apply(obj)[0]
@@ -308,7 +349,7 @@ class Cluster:
             self.store.delete(kind, ns, name)
             for pod in self.owned_pods(obj):
                 self._remove_pod(pod)
-        elif kind in objects.POLICY_KINDS:
+        elif kind in objects.POLICY_KINDS or kind == "Service":
             self.store.delete(kind, ns, name)
         elif kind == "Namespace":
             if name == "default":
@@ -317,9 +358,9 @@ class Cluster:
                 return False
             for dep in self.store.list("Deployment", name):
                 self.store.delete("Deployment", name, dep["metadata"]["name"])
-            for policy_kind in ("CiliumNetworkPolicy", "NetworkPolicy"):
-                for policy in self.store.list(policy_kind, name):
-                    self.store.delete(policy_kind, name, policy["metadata"]["name"])
+            for owned_kind in ("CiliumNetworkPolicy", "NetworkPolicy", "Service"):
+                for owned in self.store.list(owned_kind, name):
+                    self.store.delete(owned_kind, name, owned["metadata"]["name"])
             for pod in self.store.list("Pod", name):
                 self._remove_pod(pod)
             self.store.delete(kind, None, name)

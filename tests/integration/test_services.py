@@ -1,0 +1,128 @@
+"""Issue 5 on the lab, as the seed walks it: the `frontend` Service, `wget -qO- http://frontend` from the
+backend pod (the node-local DNS and the socket load balancer), both replicas serving, scaling shown by
+`apiary service list`, a NodePort reached from the world through any node, and bad Services refused
+while the previous state keeps serving. Both routing modes."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from .test_pods import EXAMPLES, NS, apiary, exec_in, pods, seed_cluster
+
+pytestmark = pytest.mark.lab
+
+NODE_IPS = {"node1": "10.77.101.11", "node2": "10.77.101.12", "node3": "10.77.101.13"}
+WORLD = "apiary-world"
+NODEPORT = """\
+apiVersion: v1
+kind: Service
+metadata: {name: frontend-np, namespace: network-policy-test}
+spec:
+  type: NodePort
+  selector: {role: frontend}
+  ports:
+  - {port: 80, targetPort: 80, nodePort: 30080}
+"""
+
+
+@pytest.fixture(scope="module", params=["native", "tunnel"])
+def cluster(request):
+    with seed_cluster(request.param) as lab:
+        apiary("lab", "apply", "-n", NS, "-f", str(EXAMPLES / "frontend-service.yaml"))
+        yield lab
+
+
+def services(node: str) -> dict:
+    rows = json.loads(apiary("service", "list", "--node", node, "-o", "json").stdout)
+    return {row["frontend"]: row for row in rows}
+
+
+def cluster_ip() -> str:
+    return json.loads(apiary("lab", "get", "svc", "frontend", "-n", NS, "-o", "json").stdout)["spec"]["clusterIP"]
+
+
+def frontend_pods() -> dict:
+    return {name: pod for name, pod in pods().items() if name.startswith("frontend-")}
+
+
+def from_world(url: str):
+    # busybox-static's `wget -T` crashes: timeout(1) bounds it instead.
+    return subprocess.run(["nsenter", "--net=/run/netns/" + WORLD, "timeout", "5", "busybox", "wget", "-qO-", url],
+                          capture_output=True, text=True, timeout=30)
+
+
+def served(name: str) -> int:
+    """Requests in a frontend pod's nginx access log."""
+    return len(re.findall(r'"GET / HTTP', apiary("lab", "logs", "-n", NS, name).stdout))
+
+
+def test_backend_fetches_the_frontend_page_by_service_name(cluster):
+    for url in ("http://frontend", "http://frontend.network-policy-test.svc.cluster.local"):
+        page = exec_in("backend", "timeout", "10", "wget", "-qO-", url).stdout
+        assert "Welcome to nginx!" in page, url
+    # The name resolves to the ClusterIP through the node-local DNS the pods' resolv.conf names.
+    lookup = exec_in("backend", "nslookup", "frontend.network-policy-test.svc.cluster.local").stdout
+    assert cluster_ip() in lookup
+    assert "169.254.25.10" in exec_in("backend", "cat", "/etc/resolv.conf").stdout
+
+
+def test_both_replicas_on_two_nodes_serve(cluster):
+    front = frontend_pods()
+    assert len({pod["spec"]["nodeName"] for pod in front.values()}) == 2
+    before = {name: served(name) for name in front}
+    for _ in range(24):
+        exec_in("backend", "timeout", "10", "wget", "-qO", "/dev/null", "http://frontend")
+    gained = {name: served(name) - before[name] for name in front}
+    assert sum(gained.values()) == 24 and all(n > 0 for n in gained.values()), gained
+
+
+def test_service_list_on_every_node_and_scaling(cluster, tmp_path):
+    frontend = "%s:80/TCP" % cluster_ip()
+    ips = sorted("%s:80/TCP" % pod["status"]["podIP"] for pod in frontend_pods().values())
+    for node in NODE_IPS:
+        row = services(node)[frontend]
+        assert row["type"] == "ClusterIP"
+        assert sorted(b["address"] for b in row["backends"]) == ips
+        assert {b["state"] for b in row["backends"]} == {"active"}
+    table = apiary("service", "list", "--node", "node2").stdout
+    assert re.search(r"^\d+\s+%s\s+ClusterIP\s+1 => \S+:80/TCP \(active\)$" % re.escape(frontend), table, re.M), table
+
+    scaled = tmp_path / "frontend-3.yaml"
+    scaled.write_text((EXAMPLES / "frontend-deployment.yaml").read_text().replace("replicas: 2", "replicas: 3"))
+    apiary("lab", "apply", "-n", NS, "-f", str(scaled))
+    try:
+        ips = sorted("%s:80/TCP" % pod["status"]["podIP"] for pod in frontend_pods().values())
+        assert len(ips) == 3
+        for node in NODE_IPS:
+            assert sorted(b["address"] for b in services(node)[frontend]["backends"]) == ips
+    finally:
+        apiary("lab", "apply", "-n", NS, "-f", str(EXAMPLES / "frontend-deployment.yaml"))
+    assert len(services("node1")[frontend]["backends"]) == 2
+
+
+def test_nodeport_from_the_world_through_any_node(cluster, tmp_path):
+    manifest = tmp_path / "nodeport.yaml"
+    manifest.write_text(NODEPORT)
+    apiary("lab", "apply", "-f", str(manifest))
+    try:
+        for node, address in NODE_IPS.items():
+            assert services(node)["%s:30080/TCP" % address]["type"] == "NodePort"
+            page = from_world("http://%s:30080" % address)
+            assert "Welcome to nginx!" in page.stdout, (node, page.stderr)
+
+        # A second Service cannot take the same NodePort: refused, and the first keeps serving.
+        clash = tmp_path / "clash.yaml"
+        clash.write_text(NODEPORT.replace("name: frontend-np", "name: frontend-np2"))
+        refused = apiary("lab", "apply", "-f", str(clash), check=False)
+        assert refused.returncode != 0
+        assert "spec.ports[0].nodePort: 30080/TCP is already allocated to Service network-policy-test/frontend-np" \
+            in refused.stderr
+        assert "frontend-np2" not in apiary("lab", "get", "svc", "-n", NS).stdout
+        page = from_world("http://%s:30080" % NODE_IPS["node3"])
+        assert "Welcome to nginx!" in page.stdout
+    finally:
+        apiary("lab", "delete", "-f", str(manifest))
+    assert "%s:30080/TCP" % NODE_IPS["node1"] not in services("node1")
