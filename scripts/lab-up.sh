@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick start, command one: install what is needed, build, bring up the three-node lab cluster
-# with cluster.yml, run the seed's pods on it and show them talking across nodes.
+# with cluster.yml, run the seed's pods on it and show them talking across nodes and through the
+# frontend Service.
 # Run as root on Debian 12. Tear down with:
 #   .venv/bin/ansible-playbook -i inventory/lab reset.yml
 set -euo pipefail
@@ -13,7 +14,7 @@ echo
 # The seed's workloads: namespace, frontend Deployment (2 nginx), backend (busybox), netpod on node2.
 seed=examples/network-policy-test
 apiary lab apply -f "$seed/namespace.yaml"
-for manifest in frontend-deployment backend-pod netpod; do
+for manifest in frontend-deployment frontend-service backend-pod netpod; do
   apiary lab apply -n network-policy-test -f "$seed/$manifest.yaml"
 done
 apiary lab get pods -n network-policy-test -o wide
@@ -21,5 +22,10 @@ echo
 for ip in $(apiary lab get pods -n network-policy-test -o jsonpath='{.items[*].status.podIP}'); do
   apiary lab exec -n network-policy-test netpod -- ping -c 1 -W 2 "$ip" | grep 'bytes from'
 done
+echo
+echo
+# The seed: the backend fetches the frontend page through the Service, by name.
+apiary lab exec -n network-policy-test backend -- wget -qO- http://frontend | grep '<title>'
+apiary service list --node node2
 echo
 apiary endpoint list --node node2

@@ -31,7 +31,8 @@ def leftovers():
                  os.path.join(cgroup2_mount(), "apiary-lab")):  # the lab's cgroups (pods, socket programs)
         if os.path.lexists(path):
             found.append(path)
-    procs = subprocess.run(["pgrep", "-af", "apiary-lab"], capture_output=True, text=True).stdout
+    # The lab's processes run from its folder (not, say, a `flock /tmp/apiary-lab.lock` around a test run).
+    procs = subprocess.run(["pgrep", "-af", "/var/lib/apiary-lab"], capture_output=True, text=True).stdout
     found += [line for line in procs.splitlines() if "pytest" not in line]
     return found
 
