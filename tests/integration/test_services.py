@@ -126,3 +126,21 @@ def test_nodeport_from_the_world_through_any_node(cluster, tmp_path):
     finally:
         apiary("lab", "delete", "-f", str(manifest))
     assert "%s:30080/TCP" % NODE_IPS["node1"] not in services("node1")
+
+
+def test_loadbalancer_and_external_ips_from_the_world(cluster, tmp_path):
+    # The lab has no MetalLB yet: addresses the world already routes to a node stand in for them.
+    manifest = tmp_path / "lb.yaml"
+    manifest.write_text(NODEPORT.replace("name: frontend-np", "name: frontend-lb").replace("type: NodePort", (
+        "type: LoadBalancer\n  loadBalancerIP: %s\n  externalIPs: [%s]") % (NODE_IPS["node3"], NODE_IPS["node2"]))
+        .replace("{port: 80, targetPort: 80, nodePort: 30080}", "{port: 8080, targetPort: 80}"))
+    apiary("lab", "apply", "-f", str(manifest))
+    try:
+        assert "%s,%s" % (NODE_IPS["node3"], NODE_IPS["node2"]) in apiary("lab", "get", "svc", "-n", NS).stdout
+        kinds = {frontend: row["type"] for frontend, row in services("node3").items()}
+        assert kinds["%s:8080/TCP" % NODE_IPS["node3"]] == "LoadBalancer"
+        assert kinds["%s:8080/TCP" % NODE_IPS["node2"]] == "ExternalIP"
+        for address in (NODE_IPS["node3"], NODE_IPS["node2"]):
+            assert "Welcome to nginx!" in from_world("http://%s:8080" % address).stdout, address
+    finally:
+        apiary("lab", "delete", "-f", str(manifest))
