@@ -72,10 +72,16 @@ def test_services_and_their_pods_become_frontends_and_backends(node, monkeypatch
     written.clear()
     manager.handle(POD + "db-1", _pod("db-1", "10.233.64.12", "n1", {"app": "db"}).value, 7)
     assert written == []
-    # A Service deleted: its frontends go, the other's stay.
+    # A Service deleted: its frontends go, the other's stay; its backend's ID is let go, and its
+    # frontend IDs are not handed to the next Service at once (connections may still name them).
+    api_ids = {row["id"] for row in manager.list() if row["frontend"] != "10.233.0.10:80/TCP"}
     manager.handle(SVC + "api", None, 8)
     assert set(_table(manager)) == {"10.233.0.10:80/TCP"}
     assert manager.store_revision == 8
+    assert set(manager.backend_ids) == {"10.233.64.10:8080/TCP"}
+    manager.handle(SVC + "db", _service("db", {"app": "db"}, "10.233.0.12").value, 9)
+    assert {row["id"] for row in manager.list() if row["frontend"] == "10.233.0.12:80/TCP"}.isdisjoint(api_ids)
+    assert _table(manager)["10.233.0.12:80/TCP"] == ["10.233.64.12:8080/TCP"]
 
 
 def test_a_restarted_agent_keeps_ids_and_drops_what_was_deleted_meanwhile(node):

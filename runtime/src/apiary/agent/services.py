@@ -14,6 +14,7 @@ service manager do.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -32,13 +33,20 @@ def _frontend_key(frontend: lb.Frontend) -> str:
     return str(frontend)
 
 
+def _namespace(key: str) -> str:
+    """The namespace of a store key /apiary/objects/<plural>/<namespace>/<name>."""
+    return key.rsplit("/", 2)[-2]
+
+
 class ServiceManager:
     def __init__(self, balancer: lb.LoadBalancer, node_name: str, node_ip: str):
         self.lb = balancer
         self.node_name, self.node_ip = node_name, node_ip
         self.lock = threading.RLock()
-        self.services: dict[str, dict] = {}  # store key -> Service
-        self.pods: dict[str, dict] = {}  # store key -> Pod
+        # By namespace, then store key: an event looks only at its namespace's objects, so its cost
+        # does not grow with the cluster's other Services and pods.
+        self.services: dict[str, dict] = collections.defaultdict(dict)
+        self.pods: dict[str, dict] = collections.defaultdict(dict)
         self.programmed: dict[str, dict] = {}  # store key -> {frontend key: (Frontend, backends)}
         self.frontend_ids: dict[str, int] = {}
         self.backend_ids: dict[str, int] = {}
@@ -49,6 +57,9 @@ class ServiceManager:
         # Backend IDs are never reused while the agent runs: a freed one may still be in a
         # connection's tracking entry.
         self.next_backend_id = max(self.backend_ids.values(), default=0) + 1
+        self.backend_refs: collections.Counter = collections.Counter()  # backend name -> frontends naming it
+        # Frontend IDs (reverse-NAT indexes) are handed out in turn, so a freed one is not reused at once.
+        self.next_frontend_id = max(self.frontend_ids.values(), default=0) + 1
         self.stale = set(self.frontend_ids)  # removed after the first full read unless still wanted
         self.store_revision = 0
         self.loaded = False
@@ -60,19 +71,24 @@ class ServiceManager:
 
     def load(self, kvs: list, revision: int) -> None:
         with self.lock:
-            self.services = {kv.key: json.loads(kv.value) for kv in kvs if kv.key.startswith(SERVICES)}
-            self.pods = {kv.key: json.loads(kv.value) for kv in kvs if kv.key.startswith(PODS)}
+            self.services, self.pods = collections.defaultdict(dict), collections.defaultdict(dict)
+            for kv in kvs:
+                if self.is_ours(kv.key):
+                    self._store(kv.key)[kv.key] = json.loads(kv.value)
             for key in list(self.programmed):
-                if key not in self.services:
+                if key not in self._store(key):
                     self._program(key, None)
-            for key in self.services:
-                self._program(key, self.services[key])
+            for namespace in list(self.services):
+                for key, svc in list(self.services[namespace].items()):
+                    self._program(key, svc)
             for stale in self.stale:  # frontends of Services deleted while the agent was down
                 address, rest = stale.rsplit(":", 1)
                 port, protocol = rest.split("/")
                 self.lb.delete(lb.Frontend(address, int(port), protocol))
                 self.frontend_ids.pop(stale, None)
             self.stale = set()
+            for name in [n for n in self.backend_ids if n not in self.backend_refs]:
+                del self.backend_ids[name]  # backends of those frontends only
             self.loaded = True
             self.store_revision = revision
 
@@ -81,27 +97,25 @@ class ServiceManager:
         if not self.is_ours(key):
             return False
         with self.lock:
-            if key.startswith(SERVICES):
-                if value is None:
-                    self.services.pop(key, None)
-                else:
-                    self.services[key] = json.loads(value)
-                if self.loaded:
-                    self._program(key, self.services.get(key))
+            objects = self._store(key)
+            before = objects.get(key)
+            if value is None:
+                objects.pop(key, None)
             else:
-                before = self.pods.get(key)
-                if value is None:
-                    self.pods.pop(key, None)
-                else:
-                    self.pods[key] = json.loads(value)
-                if self.loaded:
-                    for svc_key in self._selecting([p for p in (before, self.pods.get(key)) if p]):
-                        self._program(svc_key, self.services[svc_key])
+                objects[key] = json.loads(value)
+            if self.loaded and key.startswith(SERVICES):
+                self._program(key, objects.get(key))
+            elif self.loaded:
+                pods = [p for p in (before, objects.get(key)) if p]
+                for svc_key, svc in list(self.services[_namespace(key)].items()):
+                    if any(service.selects(svc, pod) for pod in pods):
+                        self._program(svc_key, svc)
             self.store_revision = max(self.store_revision, revision)
             return True
 
-    def _selecting(self, pods: list) -> list:
-        return [key for key, svc in self.services.items() if any(service.selects(svc, pod) for pod in pods)]
+    def _store(self, key: str) -> dict:
+        """The dict of the key's kind and namespace."""
+        return (self.services if key.startswith(SERVICES) else self.pods)[_namespace(key)]
 
     # --- programming ----------------------------------------------------------------------------
     def desired(self, svc: dict) -> dict:
@@ -109,7 +123,7 @@ class ServiceManager:
         spec = svc["spec"]
         affinity = (spec.get("sessionAffinityConfig") or {}).get("clientIP", {}).get("timeoutSeconds") \
             if spec.get("sessionAffinity") == "ClientIP" else None
-        pods = list(self.pods.values())
+        pods = list(self.pods[svc["metadata"]["namespace"]].values())
         out = {}
         for port, address, number, kind in service.service_frontends(svc, self.node_ip):
             frontend = lb.Frontend(address, number, port["protocol"], kind,
@@ -128,23 +142,27 @@ class ServiceManager:
             self.stale.discard(fkey)
             if have.get(fkey) != (frontend, backends):
                 self.lb.upsert(self._frontend_id(fkey), frontend, backends)
-        for fkey, (frontend, _) in have.items():
+                self._account(backends, +1)
+                self._account(have.get(fkey, (None, []))[1], -1)
+        for fkey, (frontend, backends) in have.items():
             if fkey not in want:
                 self.lb.delete(frontend)
                 self.frontend_ids.pop(fkey, None)
+                self._account(backends, -1)
         if want:
             self.programmed[key] = want
         else:
             self.programmed.pop(key, None)
-        self._forget_backend_ids()
 
     def _frontend_id(self, fkey: str) -> int:
         if fkey not in self.frontend_ids:
-            used = set(self.frontend_ids.values())
-            free = next((i for i in range(1, MAX_SERVICE_ID + 1) if i not in used), None)
-            if free is None:
+            if len(self.frontend_ids) >= MAX_SERVICE_ID:
                 raise RuntimeError("no free frontend ID on this node (%d frontends)" % MAX_SERVICE_ID)
-            self.frontend_ids[fkey] = free
+            used = set(self.frontend_ids.values()) if self.next_frontend_id > MAX_SERVICE_ID else None
+            if used is not None:  # wrapped around: the lowest free one (rare: 65,535 frontends made)
+                self.next_frontend_id = next(i for i in range(1, MAX_SERVICE_ID + 1) if i not in used)
+            self.frontend_ids[fkey] = self.next_frontend_id
+            self.next_frontend_id += 1
         return self.frontend_ids[fkey]
 
     def _backend_id(self, name: str) -> int:
@@ -153,17 +171,19 @@ class ServiceManager:
             self.next_backend_id += 1
         return self.backend_ids[name]
 
-    def _forget_backend_ids(self) -> None:
-        used = {b.name for frontends in self.programmed.values() for _, backends in frontends.values()
-                for b in backends}
-        for name in [n for n in self.backend_ids if n not in used]:
-            del self.backend_ids[name]
+    def _account(self, backends: list, sign: int) -> None:
+        """Count the frontends naming each backend; a backend no frontend names loses its ID."""
+        for backend in backends:
+            self.backend_refs[backend.name] += sign
+            if self.backend_refs[backend.name] <= 0:
+                del self.backend_refs[backend.name]
+                self.backend_ids.pop(backend.name, None)
 
     # --- views ----------------------------------------------------------------------------------
     def cluster_ip(self, namespace: str, name: str) -> str | None:
         """For the node-local DNS: the Service's address, None when there is no such Service."""
         with self.lock:
-            svc = self.services.get("%s%s/%s" % (SERVICES, namespace, name))
+            svc = self.services.get(namespace, {}).get("%s%s/%s" % (SERVICES, namespace, name))
             return None if svc is None else svc["spec"].get("clusterIP")
 
     def list(self) -> list:

@@ -14,6 +14,7 @@ the master entry that counts them, stale slots after it.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import ipaddress
@@ -203,11 +204,14 @@ class LoadBalancer:
         # (address, port, protocol) -> {scope: backend ids of its slots}; frontend ID -> frontend key.
         self._slots: dict = {}
         self._ids: dict = {}
+        self._refs: collections.Counter = collections.Counter()  # backend id -> slots naming it
         for key, value in self.services.items():
             if key.backend_slot == 0:
                 frontend = (maps.ip4_str(key.address), maps.port_int(key.dport), maps.PROTOCOL_NAMES[key.proto])
                 self._slots.setdefault(frontend, {})[key.scope] = self._read_slots(frontend, key.scope, value)
                 self._ids[value.rev_nat_index] = frontend
+        for scopes in self._slots.values():
+            self._count(scopes, +1)
         config = self.config.get()
         if self._slots and config["algorithm"] == "maglev" and algorithm == "maglev" and \
                 config["maglev_table_size"] != maglev_table_size:
@@ -236,8 +240,14 @@ class LoadBalancer:
                 ids.append(value.backend_id)
         return ids
 
-    def _referenced(self) -> set[int]:
-        return {backend_id for scopes in self._slots.values() for ids in scopes.values() for backend_id in ids}
+    def _count(self, scopes: dict, sign: int) -> None:
+        """Backend reference counts, kept as slots come and go, so that a change costs the same with
+        10 or 10,000 frontends."""
+        for ids in scopes.values():
+            for backend_id in ids:
+                self._refs[backend_id] += sign
+                if self._refs[backend_id] <= 0:
+                    del self._refs[backend_id]
 
     @staticmethod
     def _backend_sets(frontend: Frontend, backends: list[Backend]) -> dict:
@@ -310,6 +320,8 @@ class LoadBalancer:
             written[scope] = slots
         for scope in set(old) - set(sets):  # the in-cluster set of a service that no longer has two
             self._remove_scope(fkey, scope, len(old[scope]), old_id)
+        self._count(old, -1)
+        self._count(written, +1)
         self._slots[fkey] = written
         self._ids[service_id] = fkey
 
@@ -327,6 +339,7 @@ class LoadBalancer:
         old = self._slots.pop(fkey, None)
         if old is None:
             return False
+        self._count(old, -1)
         service_id = self._master_id(fkey)
         # The external master first: from then on the datapath no longer finds the frontend.
         for scope in sorted(old):
@@ -357,7 +370,7 @@ class LoadBalancer:
         self._ids.pop(service_id, None)
 
     def _delete_unreferenced(self, candidates: set[int]) -> None:
-        for backend_id in candidates - self._referenced():
+        for backend_id in [b for b in candidates if b not in self._refs]:
             self.backends.delete(backend_id)
 
     def list(self) -> list[dict]:
