@@ -63,6 +63,31 @@ class BenchError(RuntimeError):
     """The bench could not run (a missing tool, a topology that does not forward): not a result."""
 
 
+def progress(quiet: bool = False):
+    """The benches' progress lines, on stderr (none with -q)."""
+    def log(message: str) -> None:
+        if not quiet:
+            print("bench: " + message, file=sys.stderr, flush=True)
+    return log
+
+
+def guarded(name: str, work):
+    """(work(), 0) under the benches' exit rules: (None, 130) when interrupted (Ctrl-C or SIGTERM; the
+    work's own cleanup runs), (None, 1) when it could not run. Never a verdict on the numbers."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return work(), 0
+    except KeyboardInterrupt:
+        print("%s: interrupted; everything it made is removed" % name, file=sys.stderr)
+        return None, 130
+    except (BenchError, subprocess.TimeoutExpired) as exc:
+        print("%s: %s" % (name, exc), file=sys.stderr)
+        return None, 1
+
+
 # --- metrics ---------------------------------------------------------------------------------------
 def metric_names(placement: str) -> list[tuple[str, str, str]]:
     """(metric, unit, better) for one placement; better is "lower" (latency) or "higher"."""
@@ -372,22 +397,10 @@ def main(argv=None) -> int:
             print("removed " + path)
         return 0
 
-    def log(message):
-        if not args.quiet:
-            print("bench: " + message, file=sys.stderr, flush=True)
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        report = run_bench(modes, args.seconds, args.rounds, args.objects, cpus, log)
-    except KeyboardInterrupt:
-        print("bench: interrupted; everything it made is removed", file=sys.stderr)
-        return 130
-    except (BenchError, subprocess.TimeoutExpired) as exc:
-        print("bench: %s" % exc, file=sys.stderr)
-        return 1
+    log = progress(args.quiet)
+    report, rc = guarded("bench", lambda: run_bench(modes, args.seconds, args.rounds, args.objects, cpus, log))
+    if rc:
+        return rc
     print(json.dumps(report, indent=2) if args.output == "json" else table(report))
     return 0
 

@@ -351,17 +351,20 @@ def main(argv=None) -> int:
     parser.add_argument("--policies", type=int, default=500, help="apply: policies in the cluster")
     parser.add_argument("--cycles", type=int, default=20, help="apply: add/remove cycles of the probe policy")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
-    log = lambda m: print("bench: " + m, file=sys.stderr)  # noqa: E731
+    log = base.progress(args.quiet)
     report = {"benchmark": "policy"}
-    try:
+
+    def work():
         if args.part in ("all", "per-packet"):
             report["per_packet"] = per_packet(args.seconds, args.rounds, args.rules, base.default_cpus(), log)
         if args.part in ("all", "apply"):
             report["apply_to_enforced"] = apply_to_enforced(args.endpoints, args.policies, args.cycles, log)
-    except base.BenchError as exc:
-        print("bench/policy: %s" % exc, file=sys.stderr)
-        return 1
+
+    _, rc = base.guarded("bench/policy", work)
+    if rc:
+        return rc
     if args.output == "json":
         print(json.dumps(report, indent=2))
         return 0

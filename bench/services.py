@@ -39,9 +39,7 @@ import contextlib
 import ctypes
 import ipaddress
 import json
-import math
 import os
-import secrets
 import shutil
 import signal
 import statistics
@@ -59,6 +57,7 @@ from apiary.bpf import maps  # noqa: E402
 from apiary.datapath import lb, loader  # noqa: E402
 from apiary.lab import nodes as lab_nodes, store as lab_store  # noqa: E402
 from tests.datapath.topology import UNDERLAY  # noqa: E402
+from tests.helpers.cgroups import scratch_cgroups  # noqa: E402
 
 VARIANTS = ("kube-proxy", "apiary")
 TOOLS = ("ip", "nsenter", "make", "clang", "iptables-restore")
@@ -174,24 +173,10 @@ def lb_backends(servers) -> list:
 # --- the variants -----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def bench_cgroup():
-    """apiary-bench-<random> under the cgroup2 mount (never its root). On the way out whatever still
-    runs in it (only the bench's own clients) is killed and the cgroup removed."""
-    path = os.path.join(loader.cgroup2_mount(), base.PIN_PREFIX + secrets.token_hex(4))
-    os.mkdir(path)
-    try:
+    """apiary-bench-<random> under the cgroup2 mount (never its root), removed at the end with
+    whatever still runs in it (only the bench's own clients)."""
+    with scratch_cgroups(base.PIN_PREFIX) as (path, _):
         yield path
-    finally:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with open(os.path.join(path, "cgroup.procs")) as procs:
-                pids = [int(line) for line in procs if line.strip()]
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
-        os.rmdir(path)  # detaches the socket programs with it
 
 
 def _in_cgroup_on_cpu(cgroup: str | None, cpu: int):
@@ -561,32 +546,24 @@ def main(argv=None) -> int:
     if args.seconds <= 0 or args.rounds < 1 or args.changes < 1:
         parser.error("--seconds must be positive, --rounds and --changes at least 1")
 
-    def log(message):
-        if not args.quiet:
-            print("bench: " + message, file=sys.stderr, flush=True)
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    log = base.progress(args.quiet)
     started = time.monotonic()
     version = subprocess.run(["iptables-restore", "--version"], capture_output=True, text=True).stdout.strip()
     report = {"benchmark": "services", "sizes": sizes, "seconds": args.seconds, "rounds": args.rounds,
               "changes": args.changes, "backends_per_service": 4, "iptables": version,
               "cpus": dict(zip(("servers", "client"), base.default_cpus()))}
     parts = {"connect", "program"} if args.part == "all" else {args.part}
-    try:
+
+    def work():
         if parts & {"connect", "program"}:
             report["namespaces"] = in_namespaces(sizes, args.seconds, args.rounds, args.changes, parts,
                                                  base.default_cpus(), log)
         if args.part in ("all", "end-to-end"):
             report["end_to_end"] = end_to_end(sizes, args.changes, log)
-    except KeyboardInterrupt:
-        print("bench: interrupted; everything it made is removed", file=sys.stderr)
-        return 130
-    except (base.BenchError, subprocess.TimeoutExpired) as exc:
-        print("bench/services: %s" % exc, file=sys.stderr)
-        return 1
+
+    _, rc = base.guarded("bench/services", work)
+    if rc:
+        return rc
     report["targets"] = verdicts(report)
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=2) if args.output == "json" else text_report(report))

@@ -12,10 +12,8 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -24,6 +22,8 @@ from apiary.bpf import maps
 from apiary.datapath import loader
 from apiary.datapath.lb import Backend, Frontend, LoadBalancer, flow_hash, maglev_table, socket_hash
 from apiary.errors import UserError
+
+from tests.helpers.cgroups import scratch_cgroups
 
 from .test_datapath import HERE, ip_of
 from .topology import PODS, UNDERLAY, WORLD, loaded
@@ -64,31 +64,9 @@ def services(node):
 # --- cgroups --------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def private_cgroups(nodes):
-    """apiary-test-<random>/<node> under the cgroup2 mount; on the way out, whatever still runs in
-    them (only processes the test put there) is killed and the cgroups removed."""
-    root = os.path.join(loader.cgroup2_mount(), "apiary-test-" + secrets.token_hex(3))
-    made = [root] + [os.path.join(root, node) for node in nodes]
-    try:
-        for path in made:
-            os.mkdir(path)
-        yield {node: os.path.join(root, node) for node in nodes}
-    finally:
-        for path in reversed(made):
-            if not os.path.isdir(path):
-                continue
-            deadline = time.monotonic() + 5
-            while True:
-                with open(os.path.join(path, "cgroup.procs")) as procs:
-                    pids = [int(line) for line in procs if line.strip()]
-                if not pids:
-                    break
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            os.rmdir(path)
+    """apiary-test-<random>/<node> under the cgroup2 mount, removed afterwards (tests/helpers/cgroups)."""
+    with scratch_cgroups("apiary-test-", nodes) as (_, cgroups):
+        yield cgroups
 
 
 class Env:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"

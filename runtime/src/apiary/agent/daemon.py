@@ -190,7 +190,7 @@ class Agent:
         return self._policy_result(results, revision, check)
 
     def policy_delete(self, body: dict) -> dict:
-        from apiary.lab.store import ObjectStore, key
+        from apiary.lab.store import key
 
         check = bool(body.get("check"))
         results, revision = [], 0

@@ -119,6 +119,7 @@ class Cluster:
         known = {n["metadata"]["name"] for n in self.store.list("Namespace")} | {"default"}
         in_file = {o["metadata"]["name"] for o in objs if o["kind"] == "Namespace"}
         services = self.store.list("Service") if any(o["kind"] == "Service" for o in objs) else []
+        pods = {}  # namespace -> its pods, read once per file
         for obj in objs:
             meta = obj["metadata"]
             if objects.KINDS[obj["kind"]][2] and meta["namespace"] not in known | in_file:
@@ -126,7 +127,9 @@ class Cluster:
                                 "Namespace object earlier in this file, or applied before)"
                                 % (objects.describe(obj), json.dumps(meta["namespace"])))
             if obj["kind"] == "Service":
-                problems += self._service_problems(obj, services)
+                if meta["namespace"] not in pods:
+                    pods[meta["namespace"]] = self.store.list("Pod", meta["namespace"])
+                problems += self._service_problems(obj, services, pods[meta["namespace"]])
             if obj["kind"] == "Pod":
                 existing = self.store.get("Pod", meta["namespace"], meta["name"])
                 if existing is not None:
@@ -198,7 +201,7 @@ class Cluster:
             raise UserError("lab.json has no service_cidr: re-run cluster.yml to update the lab")
         return self.lab["service_cidr"]
 
-    def _service_problems(self, obj: dict, services: list) -> list:
+    def _service_problems(self, obj: dict, services: list, pods: list) -> list:
         """What the API server would refuse: addresses and NodePorts taken or out of range, named ports
         no selected pod has. `services` (the stored ones) takes this file's Services as they come, so
         that two in one file cannot collide either."""
@@ -208,7 +211,7 @@ class Cluster:
         existing = next((other for other in services if same(other)), None)
         allocated = copy.deepcopy(obj)
         problems = service.allocate(allocated, existing, [o for o in services if not same(o)], self.service_cidr)
-        problems += service.named_port_problems(allocated, self.store.list("Pod", meta["namespace"]))
+        problems += service.named_port_problems(allocated, pods)
         services[:] = [o for o in services if not same(o)] + [allocated]
         return problems
 
