@@ -15,6 +15,7 @@
 #include "lib/endpoint.h"
 #include "lib/identity.h"
 #include "lib/l4.h"
+#include "lib/events.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 #include "lib/nodeport.h"
@@ -59,25 +60,41 @@ static __always_inline int handle_arp(struct __sk_buff *ctx, __u32 ifindex)
 
 /* Policy for a packet leaving (dir TUPLE_F_OUT) or entering (TUPLE_F_IN) endpoint `ep`, `remote` being
  * the other side's identity: replies and related ICMP errors of tracked connections pass; the rest
- * must be allowed, and a new connection is tracked. */
+ * must be allowed, and a new connection is tracked. The observer hears of new connections (a policy
+ * verdict and a trace), of their replies, and of later packets as lib/events.h aggregates them. */
 static __always_inline int enforce_policy(struct __sk_buff *ctx, const struct iphdr *ip4,
 					  const struct endpoint_info *ep, __u8 dir, __u32 remote)
 {
+	__u8 point = dir == TUPLE_F_OUT ? TRACE_FROM_LXC : TRACE_TO_LXC;
+	__u32 src = dir == TUPLE_F_OUT ? ep->sec_identity : remote;
+	__u32 dst = dir == TUPLE_F_OUT ? remote : ep->sec_identity;
+	struct ct_entry *entry = NULL;
 	struct ipv4_flow flow = {};
 	enum ct_status status;
-	int ret;
+	int events, ret;
 
 	if (ipv4_flow(ctx, ip4, &flow) < 0)
 		return DROP_INVALID;
-	status = ct_lookup4(&flow, dir);
-	if (status == CT_REPLY || status == CT_RELATED)
+	status = ct_lookup4(&flow, dir, &entry);
+	events = events_enabled();
+	if (status == CT_REPLY || status == CT_RELATED) {
+		/* The connection went the other way: a reply leaving the endpoint belongs to an ingress one. */
+		if (events && (!entry || ct_report(entry, flow.tcp_flags, 1)))
+			send_trace_notify(ctx, CILIUM_NOTIFY_TRACE, point, ep->lxc_id, dir == TUPLE_F_IN,
+					  EVENT_F_REPLY, src, dst);
 		return TC_ACT_OK;
+	}
 	ret = policy_verdict(ep->lxc_id, dir == TUPLE_F_OUT, remote, flow.tuple.nexthdr, flow.policy_port,
 			     ctx->len);
+	if (events && status == CT_NEW)
+		send_trace_notify(ctx, CILIUM_NOTIFY_POLICY_VERDICT, 0, ep->lxc_id, dir == TUPLE_F_OUT,
+				  ret < 0 ? EVENT_F_DENIED : 0, src, dst);
 	if (ret < 0)
 		return ret;
 	if (status == CT_NEW)
 		ct_create4(&flow, dir, remote);
+	if (events && (status == CT_NEW || (entry && ct_report(entry, flow.tcp_flags, 0))))
+		send_trace_notify(ctx, CILIUM_NOTIFY_TRACE, point, ep->lxc_id, dir == TUPLE_F_OUT, 0, src, dst);
 	return TC_ACT_OK;
 }
 

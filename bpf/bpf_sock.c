@@ -10,6 +10,7 @@
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/lb.h"
+#include "lib/events.h"
 
 #define SYS_REJECT	0
 #define SYS_PROCEED	1
@@ -33,6 +34,29 @@ static __always_inline __be16 ctx_port(const struct bpf_sock_addr *ctx)
 static __always_inline __u32 sock_hash(__u64 cookie, __u8 proto)
 {
 	return jhash_3words((__u32)cookie, (__u32)(cookie >> 32), 0, proto);
+}
+
+/* Tell the observer a socket's destination became a backend (Cilium's trace-sock post-xlate-fwd):
+ * the client is its network namespace, which the agent knows as an endpoint. */
+static __always_inline void sock4_trace(struct bpf_sock_addr *ctx, const struct lb4_key *frontend,
+					const struct lb4_backend *backend)
+{
+	struct flow_event ev = {
+		.type = CILIUM_NOTIFY_TRACE_SOCK,
+		.sub_type = XLATE_POST_DIRECTION_FWD,
+		.flags = EVENT_F_EGRESS,
+		.proto = frontend->proto,
+		.daddr = backend->address,
+		.dport = backend->port,
+		.orig_addr = frontend->address,
+		.orig_port = frontend->dport,
+	};
+
+	if (!events_enabled())
+		return;
+	ev.dst_identity = event_identity(backend->address);
+	ev.cookie = bpf_get_netns_cookie(ctx);
+	events_send(&ev);
 }
 
 /* Translate the destination to a backend when it is a service frontend. 0 when translated or not a
@@ -69,6 +93,7 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
 		return -ENOMEM;
 	ctx->user_ip4 = backend->address;
 	ctx->user_port = backend->port;
+	sock4_trace(ctx, &key, backend);
 	return 0;
 }
 

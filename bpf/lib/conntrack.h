@@ -10,6 +10,7 @@
 #include "common.h"
 #include "maps.h"
 #include "l4.h"
+#include "events.h"
 
 #define TUPLE_F_OUT	0	/* the connection left a local endpoint (its egress) */
 #define TUPLE_F_IN	1	/* the connection came into a local endpoint (its ingress) */
@@ -66,8 +67,9 @@ static __always_inline struct ct_entry *ct_touch(struct ipv4_ct_tuple *key, __u3
 	return entry;
 }
 
-/* What the packet `flow` is to the endpoint it leaves (dir TUPLE_F_OUT) or enters (TUPLE_F_IN). */
-static __always_inline enum ct_status ct_lookup4(const struct ipv4_flow *flow, __u8 dir)
+/* What the packet `flow` is to the endpoint it leaves (dir TUPLE_F_OUT) or enters (TUPLE_F_IN); the
+ * connection's entry in *entry for ESTABLISHED and REPLY. */
+static __always_inline enum ct_status ct_lookup4(const struct ipv4_flow *flow, __u8 dir, struct ct_entry **entry)
 {
 	__u8 other = dir == TUPLE_F_OUT ? TUPLE_F_IN : TUPLE_F_OUT;
 	__u32 lifetime = ct_lifetime(flow->tuple.nexthdr, flow->tcp_flags);
@@ -75,11 +77,13 @@ static __always_inline enum ct_status ct_lookup4(const struct ipv4_flow *flow, _
 	struct ipv4_ct_tuple key;
 
 	ct_reverse(&flow->tuple, &key, other);
-	if (ct_touch(&key, now, lifetime))
+	*entry = ct_touch(&key, now, lifetime);
+	if (*entry)
 		return CT_REPLY;
 	key = flow->tuple;
 	key.flags = dir;
-	if (ct_touch(&key, now, lifetime))
+	*entry = ct_touch(&key, now, lifetime);
+	if (*entry)
 		return CT_ESTABLISHED;
 	if (flow->icmp_error) {
 		/* The quoted packet went the other way: it is the connection as its opener sent it. */
@@ -91,11 +95,34 @@ static __always_inline enum ct_status ct_lookup4(const struct ipv4_flow *flow, _
 	return CT_NEW;
 }
 
+/* Whether a packet of a tracked connection is news for the observer (Cilium's monitor aggregation
+ * "medium"): TCP flags not yet seen in its direction, or nothing said for EVENTS_REPORT_INTERVAL. */
+static __always_inline int ct_report(struct ct_entry *entry, __u8 tcp_flags, int reply)
+{
+	__u32 now = ct_now();
+
+	if (reply) {
+		if (!(tcp_flags & ~entry->rx_flags_seen) && now - entry->last_rx_report < EVENTS_REPORT_INTERVAL)
+			return 0;
+		entry->rx_flags_seen |= tcp_flags;
+		entry->last_rx_report = now;
+		return 1;
+	}
+	if (!(tcp_flags & ~entry->tx_flags_seen) && now - entry->last_tx_report < EVENTS_REPORT_INTERVAL)
+		return 0;
+	entry->tx_flags_seen |= tcp_flags;
+	entry->last_tx_report = now;
+	return 1;
+}
+
 static __always_inline void ct_create4(const struct ipv4_flow *flow, __u8 dir, __u32 remote_identity)
 {
+	__u32 now = ct_now();
 	struct ct_entry entry = {
-		.lifetime = ct_now() + ct_lifetime(flow->tuple.nexthdr, flow->tcp_flags),
+		.lifetime = now + ct_lifetime(flow->tuple.nexthdr, flow->tcp_flags),
 		.src_sec_id = remote_identity,
+		.tx_flags_seen = flow->tcp_flags,	/* the opening packet is reported */
+		.last_tx_report = now,
 	};
 	struct ipv4_ct_tuple key = flow->tuple;
 

@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "maps.h"
+#include "events.h"
 
 #define DROP_INVALID_SMAC	-130
 #define DROP_INVALID_SIP	-132
@@ -40,13 +41,14 @@ static __always_inline void update_metrics(__u64 bytes, __u8 dir, __u8 reason)
 	}
 }
 
-/* The end of every program: a negative DROP_* is counted and the packet dropped; anything else
+/* The end of every program: a negative DROP_* is counted, reported (lib/events.h) and the packet dropped; anything else
  * (TC_ACT_OK, TC_ACT_REDIRECT) is returned as it is. Forwarded packets are counted only when built
  * with -DAPIARY_METRICS_FORWARDED, which keeps the fast path free of a map update by default. */
 static __always_inline int finish(struct __sk_buff *ctx, int ret, __u8 dir)
 {
 	if (ret < 0) {
 		update_metrics(ctx->len, dir, (__u8)-ret);
+		send_drop_notify(ctx, (__u8)-ret, dir);
 		return TC_ACT_SHOT;
 	}
 #ifdef APIARY_METRICS_FORWARDED

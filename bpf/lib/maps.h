@@ -13,7 +13,7 @@
 #define CT_MAP_SIZE		65536
 #define LB_MAP_SIZE		65536
 #define METRICS_MAP_SIZE	1024
-#define EVENTS_RING_SIZE	(256 * 1024)
+#define EVENTS_RING_SIZE	(8 * 1024 * 1024)	/* ~110k events: the reader may pause */
 
 union v4v6 {
 	__be32	ip4;
@@ -101,7 +101,13 @@ struct ct_entry {
 	__u16	flags;
 	__u16	rev_nat_index;
 	__u32	src_sec_id;
-	__u32	pad;
+	/* What the observer was last told (lib/events.h aggregation), per direction of the connection:
+	 * tx the entry's own direction, rx its replies. */
+	__u8	tx_flags_seen;
+	__u8	rx_flags_seen;
+	__u16	pad;
+	__u32	last_tx_report;		/* seconds, as lifetime */
+	__u32	last_rx_report;
 };
 
 /* apiary_lb4_*: services (lib/lb.h), as Cilium's lb4 maps. A frontend (address, port, protocol) has a
@@ -343,9 +349,59 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } apiary_metrics SEC(".maps");
 
-/* Datapath events (issue 6). */
+/* apiary_events: datapath events for the observer (lib/events.h, docs/hubble.md). Cilium's type and
+ * sub-type numbers; addresses and ports in network order. */
+struct flow_event {
+	__u8	type;			/* CILIUM_NOTIFY_* */
+	__u8	sub_type;		/* drop reason, observation point or translation point */
+	__u8	flags;			/* EVENT_F_* */
+	__u8	proto;
+	__u16	lxc_id;			/* the local endpoint the event is about; 0: none */
+	__u16	pad;
+	__u64	ktime;			/* bpf_ktime_get_ns() */
+	__u32	src_identity;
+	__u32	dst_identity;
+	__be32	saddr;
+	__be32	daddr;
+	__be16	sport;
+	__be16	dport;
+	__u8	tcp_flags;
+	__u8	icmp_type;
+	__u8	icmp_code;
+	__u8	pad2;
+	__be32	orig_addr;		/* trace-sock: the address before translation (the service) */
+	__be16	orig_port;
+	__u16	pad3;
+	__u32	ifindex;
+	__u32	len;
+	__u64	cookie;			/* trace-sock: the client's network namespace cookie */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, EVENTS_RING_SIZE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } apiary_events SEC(".maps");
+
+/* apiary_events_config: written by the agent; enabled 0 (the default) means no event work at all. */
+struct events_config {
+	__u8	enabled;
+	__u8	pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct events_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_events_config SEC(".maps");
+
+/* apiary_events_lost: events the ring had no room for, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} apiary_events_lost SEC(".maps");

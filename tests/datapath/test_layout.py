@@ -2,12 +2,14 @@
 clang puts in the objects), and the typed maps convert values both ways."""
 import ctypes
 import json
+import os
 import shutil
 import subprocess
 
 import pytest
 
 from apiary.bpf import maps
+from apiary.observe import events
 
 
 def _btf_structs(obj_path):
@@ -38,12 +40,38 @@ def _ctypes_layout(cls):
         (name, getattr(cls, name).offset, getattr(cls, name).size) for name, *_ in cls._fields_]}
 
 
+# Structs that only the ring buffer carries are in no map definition, so clang leaves them out of the
+# objects' BTF: a probe object that takes them as parameters has them.
+RECORD_STRUCTS = ("flow_event",)
+PROBE = """
+#include "lib/common.h"
+#include "lib/maps.h"
+__attribute__((noinline)) int probe(struct flow_event *event) { return event->type; }
+APIARY_LICENSE();
+"""
+
+
 @pytest.mark.parametrize("obj", ["bpf_lxc.o", "bpf_host.o", "bpf_overlay.o", "bpf_sock.o"])
 def test_structs_match_the_objects_btf(objects_dir, obj):
     btf = _btf_structs("%s/%s" % (objects_dir, obj))
     for name, cls in maps.STRUCTS.items():
+        if name in RECORD_STRUCTS:
+            continue
         assert name in btf, "struct %s is not in %s's BTF" % (name, obj)
         assert _ctypes_layout(cls) == btf[name], name
+
+
+def test_ring_buffer_records_match(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    (tmp_path / "probe.c").write_text(PROBE)
+    multiarch = subprocess.run(["clang", "-print-multiarch"], capture_output=True, text=True).stdout.strip()
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-I", os.path.join(root, "bpf"), "-idirafter",
+                    "/usr/include/%s" % multiarch, "-c", str(tmp_path / "probe.c"), "-o", str(tmp_path / "probe.o")],
+                   check=True)
+    btf = _btf_structs(str(tmp_path / "probe.o"))
+    for name in RECORD_STRUCTS:
+        assert _ctypes_layout(maps.STRUCTS[name]) == btf[name], name
+    assert events.RECORD.size == ctypes.sizeof(maps.FlowEvent)
 
 
 def test_map_definitions_match_the_layouts(objects_dir):

@@ -130,6 +130,9 @@ _SIGNATURES = {
     "bpf_tc_detach": (ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
     "bpf_tc_query": (ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
     "libbpf_num_possible_cpus": (ctypes.c_int, []),
+    "ring_buffer__new": (_P, [ctypes.c_int, _P, _P, _P]),
+    "ring_buffer__poll": (ctypes.c_int, [_P, ctypes.c_int]),
+    "ring_buffer__free": (None, [_P]),
 }
 _lib = None
 
@@ -418,3 +421,38 @@ def tc_detach(ifindex: int, point: str, handle: int = 1, priority: int = 1) -> b
     ret = _call("bpf_tc_detach(%s)" % _filter(ifindex, point, handle, priority), lib().bpf_tc_detach,
                 _hook(ifindex, point), ctypes.byref(opts), ok=(ENOENT, errno_mod.EINVAL, errno_mod.ENODEV))
     return ret == 0
+
+
+# --- ring buffers -----------------------------------------------------------------------------
+_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+class RingBuffer(Closable):
+    """A consumer of a BPF_MAP_TYPE_RINGBUF map: poll() returns the records that arrived (bytes each),
+    waiting up to timeout_ms for the first."""
+
+    def __init__(self, map_fd: int):
+        self._rb = None
+        self._records: list = []
+        self._callback = _SAMPLE_FN(self._sample)  # kept alive as long as the ring buffer
+        ctypes.set_errno(0)
+        self._rb = lib().ring_buffer__new(map_fd, ctypes.cast(self._callback, ctypes.c_void_p), None, None)
+        if not self._rb:
+            raise LibbpfError(ctypes.get_errno() or errno_mod.EINVAL, "ring_buffer__new(map fd %d)" % map_fd,
+                              _logged())
+
+    def _sample(self, _ctx, data, size):
+        self._records.append(ctypes.string_at(data, size))
+        return 0
+
+    def poll(self, timeout_ms: int) -> list:
+        ret = lib().ring_buffer__poll(self._rb, timeout_ms)
+        if ret < 0 and -ret != errno_mod.EINTR:
+            raise LibbpfError(-ret, "ring_buffer__poll")
+        records, self._records = self._records, []
+        return records
+
+    def close(self) -> None:
+        if self._rb:
+            lib().ring_buffer__free(self._rb)
+            self._rb = None

@@ -84,7 +84,8 @@ class Ipv4CtTuple(ctypes.Structure):
 
 class CtEntry(ctypes.Structure):
     _fields_ = [("packets", u64), ("bytes", u64), ("lifetime", u32), ("flags", u16), ("rev_nat_index", u16),
-                ("src_sec_id", u32), ("pad", u32)]
+                ("src_sec_id", u32), ("tx_flags_seen", u8), ("rx_flags_seen", u8), ("pad", u16),
+                ("last_tx_report", u32), ("last_rx_report", u32)]
 
 
 class Lb4Key(ctypes.Structure):
@@ -134,6 +135,18 @@ class LbConfig(ctypes.Structure):
     _fields_ = [("maglev_table_size", u32), ("node_address", be32), ("algorithm", u8), ("pad", u8 * 3)]
 
 
+class FlowEvent(ctypes.Structure):
+    _fields_ = [("type", u8), ("sub_type", u8), ("flags", u8), ("proto", u8), ("lxc_id", u16), ("pad", u16),
+                ("ktime", u64), ("src_identity", u32), ("dst_identity", u32), ("saddr", be32), ("daddr", be32),
+                ("sport", be16), ("dport", be16), ("tcp_flags", u8), ("icmp_type", u8), ("icmp_code", u8),
+                ("pad2", u8), ("orig_addr", be32), ("orig_port", be16), ("pad3", u16), ("ifindex", u32),
+                ("len", u32), ("cookie", u64)]
+
+
+class EventsConfig(ctypes.Structure):
+    _fields_ = [("enabled", u8), ("pad", u8 * 3)]
+
+
 class MetricsKey(ctypes.Structure):
     _fields_ = [("reason", u8), ("dir", u8), ("pad", u16)]
 
@@ -150,7 +163,8 @@ STRUCTS = {
     "lb4_backend": Lb4Backend, "lb4_reverse_nat": Lb4ReverseNat, "lb4_affinity_key": Lb4AffinityKey,
     "lb_affinity_val": LbAffinityVal, "lb_affinity_match": LbAffinityMatch, "lb4_reverse_sk_key": Lb4ReverseSkKey,
     "lb4_reverse_sk": Lb4ReverseSk, "lb4_nat_entry": Lb4NatEntry, "lb_config": LbConfig,
-    "metrics_key": MetricsKey, "metrics_value": MetricsValue,
+    "metrics_key": MetricsKey, "metrics_value": MetricsValue, "flow_event": FlowEvent,
+    "events_config": EventsConfig,
 }
 # Pinned map name -> (key type, value type, per-CPU). apiary_events (a ring buffer) has neither.
 LAYOUTS = {
@@ -168,6 +182,8 @@ LAYOUTS = {
     "apiary_lb4_nat": (Ipv4CtTuple, Lb4NatEntry, False),
     "apiary_lb_config": (u32, LbConfig, False),
     "apiary_metrics": (MetricsKey, MetricsValue, True),
+    "apiary_events_config": (u32, EventsConfig, False),
+    "apiary_events_lost": (u32, u64, True),
 }
 MAP_NAMES = tuple(LAYOUTS) + ("apiary_events",)
 # L4 protocols of services by name, as Kubernetes spells them.
