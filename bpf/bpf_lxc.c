@@ -87,7 +87,7 @@ static __always_inline int enforce_policy(struct __sk_buff *ctx, const struct ip
 	ret = policy_verdict(ep->lxc_id, dir == TUPLE_F_OUT, remote, flow.tuple.nexthdr, flow.policy_port,
 			     ctx->len);
 	if (events && status == CT_NEW)
-		send_trace_notify(ctx, CILIUM_NOTIFY_POLICY_VERDICT, 0, ep->lxc_id, dir == TUPLE_F_OUT,
+		send_trace_notify(ctx, CILIUM_NOTIFY_POLICY_VERDICT, ret < 0 ? (__u8)-ret : 0, ep->lxc_id, dir == TUPLE_F_OUT,
 				  ret < 0 ? EVENT_F_DENIED : 0, src, dst);
 	if (ret < 0)
 		return ret;

@@ -11,7 +11,7 @@
 
 #define CILIUM_NOTIFY_DROP		1
 #define CILIUM_NOTIFY_TRACE		4
-#define CILIUM_NOTIFY_POLICY_VERDICT	5
+#define CILIUM_NOTIFY_POLICY_VERDICT	5	/* sub_type: the drop reason of a denied one, else 0 */
 #define CILIUM_NOTIFY_TRACE_SOCK	7
 
 /* Observation points (the trace sub-type), Cilium's numbers. */

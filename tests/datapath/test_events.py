@@ -97,7 +97,7 @@ def test_drop_is_reported_with_reason_and_policy_verdict(topo):
     # Every retransmitted SYN is a drop of its own: drops are never aggregated.
     assert len(drops) >= 2
     denied = matching(found, type="policy-verdict", verdict="DROPPED", dst_ip=ip_of("n1b"))
-    assert denied and denied[0]["traffic_direction"] == "ingress"
+    assert denied and denied[0]["traffic_direction"] == "ingress" and denied[0]["drop_reason"] == 133
 
 
 def test_established_traffic_is_aggregated(topo):
