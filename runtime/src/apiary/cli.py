@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "apiary.lab.cli",
     "apiary.agent.cli",
     "apiary.datapath.cli",
+    "apiary.observe.cli",
 ]
 
 

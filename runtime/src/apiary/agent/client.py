@@ -19,7 +19,9 @@ class AgentError(Exception):
         self.status = status
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the agent's API, the relay's socket)."""
+
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
         self.socket_path = path
@@ -36,7 +38,7 @@ class AgentClient:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body=None):
-        conn = _UnixConnection(self.socket_path, self.timeout)
+        conn = UnixConnection(self.socket_path, self.timeout)
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload else {}
