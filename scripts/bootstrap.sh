@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   iptables ipset nftables
   git
   iperf3 sockperf  # bench/datapath.py's load generators
+  prometheus chromium  # tests: scrape the Hubble metrics, render the Hubble page headless
 )
 
 missing=()
@@ -26,9 +27,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The Debian packages may ship services (etcd, nginx) that start on install; the lab runs its own
+# The Debian packages may ship services (etcd, nginx, prometheus) that start on install; the lab runs its own
 # instances inside network namespaces, so make sure the host-wide ones are not left listening.
-for svc in etcd nginx; do
+for svc in etcd nginx prometheus; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi
