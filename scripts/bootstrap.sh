@@ -24,7 +24,14 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   apt-get update -qq
+  # Debian's policy-rc.d convention: packaged services (etcd, nginx, prometheus) are not started on
+  # install, so nothing listens in the root namespace even for a moment. Ours is removed afterwards.
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # The Debian packages may ship services (etcd, nginx, prometheus) that start on install; the lab runs its own
