@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import socket
+import threading
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
@@ -16,7 +18,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def path(name: str) -> str:
-    return os.path.join(NETNS_RUN_DIR, name)
+    """A named namespace's file; a path (e.g. /proc/PID/ns/net, a CNI netns) is taken as it is."""
+    return name if name.startswith("/") else os.path.join(NETNS_RUN_DIR, name)
 
 
 def exists(name: str) -> bool:
@@ -62,3 +65,27 @@ def call_in(name: str, func, *args):
     if not ok:
         raise value
     return value
+
+
+SO_NETNS_COOKIE = 71
+
+
+def cookie(name: str) -> int:
+    """The kernel's cookie of network namespace `name` (what BPF's bpf_get_netns_cookie() returns for its
+    sockets). Read by a thread of its own that enters the namespace: the caller stays where it is."""
+    result = {}
+
+    def read():
+        try:
+            enter(name)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                result["cookie"] = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+        except OSError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=read, name="netns-cookie")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["cookie"]

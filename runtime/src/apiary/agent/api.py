@@ -1,7 +1,7 @@
 """The agent's local API: HTTP/1.1 with JSON bodies on a root-only unix socket.
 
 Routes (see docs/datapath.md): status, endpoints (list/get/health, PUT from apiary-cni ADD,
-DELETE from DEL), identities, maps, IPAM.
+DELETE from DEL), identities, maps, IPAM; and Hubble's /v1/flows and /v1/monitor streams (docs/hubble.md).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from apiary.agent.endpoints import EndpointError
 from apiary.agent.ipam import PoolExhausted
 from apiary.errors import UserError
+from apiary.observe import server
 
 log = logging.getLogger("apiary.agent.api")
 
@@ -69,6 +70,9 @@ def _handler(agent):
             log.debug(fmt, *args)
 
         def _dispatch(self, method):
+            path, _, query = self.path.partition("?")
+            if method == "GET" and server.handle_stream(self, path, query, agent.hubble and agent.hubble.observer):
+                return  # /v1/flows, /v1/monitor: streams (apiary.observe.server)
             try:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else {}

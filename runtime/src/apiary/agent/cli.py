@@ -60,10 +60,27 @@ def _render_status(s) -> None:
             "%s on %s" % (p["program"], p["device"]) for p in dp["attached"]) or "none")),
         ("Cluster nodes", "%d   %s" % (len(s["cluster_nodes"]), ", ".join(s["cluster_nodes"]))),
         ("Store sync", "%s   %d error(s) since start" % ("Ok" if s["synced"] else "Syncing", s["sync_errors"])),
-    ]
+    ] + _hubble_rows(s.get("hubble") or {"state": "Disabled"})
     width = max(len(k) for k, _ in rows) + 2
     for key, value in rows:
         print(("%s:" % key).ljust(width) + value)
+
+
+def _hubble_rows(h) -> list:
+    if h["state"] != "Ok":
+        return [("Hubble", h["state"])]
+    obs = h["observer"]
+    lost = sum(obs["lost_events"].values())
+    rows = [("Hubble", "Ok   Current/Max Flows: %d/%d, Flows seen: %d, Events lost: %d%s" % (
+        obs["num_flows"], obs["max_flows"], obs["seen_flows"], lost,
+        "   Server: %s%s" % (h["listen_address"], " (mTLS)" if h["tls"] else "") if h["listen_address"] else ""))]
+    if h["metrics_address"]:
+        unsupported = ", ".join(h["metrics_unsupported"])
+        rows.append(("Hubble metrics", "%s   %s%s" % (h["metrics_address"], ", ".join(h["metrics"]) or "agent only",
+                                                       "   (no data for: %s)" % unsupported if unsupported else "")))
+    kd = h["kernel_drops"]
+    rows.append(("Kernel drops", "%s   %s" % (kd["state"], kd.get("message", ""))))
+    return rows
 
 
 def _render_endpoints(eps) -> None:

@@ -22,6 +22,7 @@ import time
 from apiary import ip
 from apiary.errors import UserError
 from apiary.agent import api, ipam, state
+from apiary.agent.hubble import Hubble, HubbleSettings
 from apiary.agent.dns import DnsServer
 from apiary.agent.datapath import Datapath
 from apiary.agent.endpoints import EndpointError, EndpointManager
@@ -29,6 +30,8 @@ from apiary.agent.policy import PolicyManager
 from apiary.agent.services import ServiceManager
 from apiary.agent.sync import StoreSync
 from apiary.datapath import lb
+from apiary.observe import events
+from apiary.observe.metrics import AgentMetrics
 from apiary.store.etcd import EtcdClient
 
 log = logging.getLogger("apiary.agent")
@@ -48,12 +51,15 @@ class Agent:
         self.policy = None
         self.services = None
         self.dns = None
+        self.hubble = None
+        self.metrics = None
         self.restored = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.config
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        self.hubble_settings = HubbleSettings.load(cfg.state_dir)  # a bad file stops the agent here
         self.datapath = Datapath(cfg.pin_dir, cfg.uplink)
         self.store = EtcdClient(cfg.etcd_endpoints)
         self._wait_for_store()
@@ -73,6 +79,8 @@ class Agent:
         self.services = ServiceManager(lb.LoadBalancer(cfg.pin_dir, cfg.lb_algorithm, cfg.maglev_table_size,
                                                        node_address=cfg.node_ip), cfg.node_name, cfg.node_ip)
         self.sync.services = self.services
+        self.metrics = AgentMetrics(self.datapath, lambda: len(self.endpoints.list()))
+        self.policy.metrics, self.services.metrics = self.metrics.policy_delay, self.metrics.service_delay
         if cfg.dns_address:
             # Kubespray's nodelocaldns address: an address of every node, named in the pods' resolv.conf.
             ip.run(["addr", "replace", "%s/32" % cfg.dns_address, "dev", "lo"])
@@ -100,12 +108,18 @@ class Agent:
         self.setup()
         threading.Thread(target=self.sync.run, args=(self.stop,), name="store-sync", daemon=True).start()
         self.sync.synced.wait(30)
+        if self.hubble_settings.enabled:
+            self.hubble = Hubble(self, self.hubble_settings).start(self.metrics)
+        else:
+            events.set_enabled(self.config.pin_dir, False)  # nobody reads them: no event work in the datapath
         server = api.serve(self.config.socket_path, self)
         threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
         log.info("serving on %s", self.config.socket_path)
         self.stop.wait()
         server.shutdown()
         server.server_close()
+        if self.hubble is not None:
+            self.hubble.stop()
         return 0
 
     # --- API operations ------------------------------------------------------------------
@@ -129,6 +143,7 @@ class Agent:
             "datapath": self.datapath.status(),
             "uptime_seconds": round(time.time() - self.started, 1),
             "restored": self.restored,
+            "hubble": self.hubble.status() if self.hubble else {"state": "Disabled"},
         }
 
     def ipam_allocate(self, body: dict) -> dict:

@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import threading
+import time
 
 from apiary import identity as identities
 import apiary.policy as policy_lib
@@ -70,6 +71,8 @@ class PolicyManager:
         self.revision = 1  # Cilium's policy revision: +1 per change of the rules
         self.store_revision = 0  # the last store revision whose events were handled
         self.loaded = False
+        # Something with observe(seconds) (apiary.observe.metrics.AgentMetrics.policy_delay), or None.
+        self.metrics = None
 
     # --- identities ---------------------------------------------------------------------------
     def identities(self) -> dict:
@@ -152,6 +155,7 @@ class PolicyManager:
 
     def handle(self, key: str, value: str | None, revision: int) -> bool:
         """One store event; True when it was one of ours."""
+        arrived = time.monotonic()
         with self.lock:
             before_policies = self.policies.get(key)
             before_ports = dict(self.pod_ports)
@@ -168,6 +172,9 @@ class PolicyManager:
                 # An endpoint's entries come only from the rules selecting it: the others stay.
                 changed_rules = (before_policies or []) + (self.policies.get(key) or [])
                 self.regenerate([ep for ep in self.endpoints.values() if policy_lib.selected(changed_rules, ep.labels)])
+            if policy_changed and self.loaded and self.metrics is not None:
+                # Cilium's policy_implementation_delay: the change arrived -> the datapath has it.
+                self.metrics.observe(time.monotonic() - arrived)
             self.store_revision = max(self.store_revision, revision)
             self.changed.notify_all()
             return True

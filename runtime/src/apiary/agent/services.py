@@ -18,6 +18,7 @@ import collections
 import json
 import logging
 import threading
+import time
 
 from apiary import service
 from apiary.datapath import lb
@@ -63,6 +64,8 @@ class ServiceManager:
         self.stale = set(self.frontend_ids)  # removed after the first full read unless still wanted
         self.store_revision = 0
         self.loaded = False
+        # Something with observe(seconds) (apiary.observe.metrics.AgentMetrics.service_delay), or None.
+        self.metrics = None
 
     # --- the store ----------------------------------------------------------------------------
     @staticmethod
@@ -96,6 +99,7 @@ class ServiceManager:
         """One store event; True when it was one of ours."""
         if not self.is_ours(key):
             return False
+        arrived = time.monotonic()
         with self.lock:
             objects = self._store(key)
             before = objects.get(key)
@@ -105,6 +109,8 @@ class ServiceManager:
                 objects[key] = json.loads(value)
             if self.loaded and key.startswith(SERVICES):
                 self._program(key, objects.get(key))
+                if self.metrics is not None:  # the change arrived -> the datapath serves it
+                    self.metrics.observe(time.monotonic() - arrived)
             elif self.loaded:
                 pods = [p for p in (before, objects.get(key)) if p]
                 for svc_key, svc in list(self.services[_namespace(key)].items()):
