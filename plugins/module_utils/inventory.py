@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import ipaddress
 
+from ansible_collections.apiary.cluster.plugins.module_utils.hubble import (
+    HUBBLE_METRICS,
+    check_event_buffer_capacity,
+    check_port,
+    unsupported_metrics,
+)
+
 ROUTING_MODES = ("native", "tunnel")
 # Service load balancing (Cilium's loadBalancer.algorithm and maglev.tableSize: primes, M >> 100 x backends).
 LB_ALGORITHMS = ("random", "maglev")
 MAGLEV_TABLE_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
-HUBBLE_METRICS = (
-    "dns", "drop", "tcp", "flow", "flows-to-world", "icmp", "http", "port-distribution",
-    "policy",
-)
 # Groups a host must belong to (at least one) to be part of an Apiary inventory.
 KNOWN_GROUPS = ("kube_control_plane", "kube_node", "etcd", "calico_rr", "apiary_lab")
 
@@ -62,11 +65,6 @@ ALIASES = {
 # Settings that are validated and normalised now but whose feature has not landed yet: using
 # them is never silent, the user is told they have no effect so far.
 NOT_YET_EFFECTIVE = {
-    "apiary_hubble_enabled": "Hubble observability",
-    "apiary_hubble_relay_enabled": "the Hubble relay",
-    "apiary_hubble_ui_enabled": "the Hubble UI",
-    "apiary_hubble_tls_generate": "Hubble TLS",
-    "apiary_hubble_metrics_enabled": "Hubble metrics",
     "metallb_enabled": "MetalLB-style load-balancer IPs",
 }
 
@@ -320,6 +318,56 @@ def _check_hubble_metrics(hostvars, result):
             result.error("apiary_hubble_metrics[%d]" % index,
                          "%r is not a Hubble metric (%s)" % (metric, ", ".join(HUBBLE_METRICS)))
     result.settings["apiary_hubble_metrics"] = [str(m) for m in metrics]
+    try:
+        metrics_on = to_bool(hostvars.get("apiary_hubble_metrics_enabled", False))
+    except ValueError:
+        metrics_on = False  # reported by _check_booleans
+    if metrics_on and unsupported_metrics(metrics):
+        result.notice("apiary_hubble_metrics: %s need L7 visibility the datapath does not have: accepted, they "
+                      "export no series" % ", ".join(unsupported_metrics(metrics)))
+
+
+HUBBLE_PORTS = ("apiary_hubble_listen_port", "apiary_hubble_metrics_port", "apiary_hubble_relay_port",
+                "apiary_hubble_ui_port")
+
+
+def _check_hubble(hostvars, result):
+    """The ring size, the ports (all different: they share the node's address) and the TLS folder."""
+    if hostvars.get("apiary_hubble_event_buffer_capacity") is not None:
+        try:
+            result.settings["apiary_hubble_event_buffer_capacity"] = check_event_buffer_capacity(
+                hostvars["apiary_hubble_event_buffer_capacity"])
+        except ValueError as exc:
+            result.error("apiary_hubble_event_buffer_capacity", str(exc))
+    owner = {}
+    for variable in HUBBLE_PORTS:
+        if hostvars.get(variable) is None:
+            continue
+        try:
+            port = check_port(hostvars[variable])
+        except ValueError as exc:
+            result.error(variable, str(exc))
+            continue
+        if port in owner:
+            result.error(variable, "%d is also %s: each needs a port of its own" % (port, owner[port]))
+            continue
+        owner[port] = variable
+        result.settings[variable] = port
+    tls_dir = hostvars.get("apiary_hubble_tls_dir")
+    if tls_dir is not None:
+        if not isinstance(tls_dir, str) or not tls_dir.startswith("/") or tls_dir.rstrip("/") == "":
+            result.error("apiary_hubble_tls_dir", "%r must be an absolute folder path (not /)" % (tls_dir,))
+        else:
+            result.settings["apiary_hubble_tls_dir"] = tls_dir.rstrip("/")
+    # The page is the relay's: it cannot run without it (Cilium's hubble.ui needs hubble.relay too).
+    try:
+        ui, relay = to_bool(hostvars.get("apiary_hubble_ui_enabled", False)), \
+            to_bool(hostvars.get("apiary_hubble_relay_enabled", False))
+    except ValueError:
+        return  # reported by _check_booleans
+    if ui and not relay:
+        result.error("apiary_hubble_ui_enabled", "the page is served by the relay: set apiary_hubble_relay_enabled "
+                     "too")
 
 
 def _check_metallb(hostvars, result):
@@ -397,6 +445,7 @@ def validate_host(host, hostvars, groups_of_host):
     _check_networks(hostvars, result)
     _check_booleans(hostvars, result)
     _check_hubble_metrics(hostvars, result)
+    _check_hubble(hostvars, result)
     _check_metallb(hostvars, result)
     _check_ignore_list(hostvars, result)
     return result
@@ -424,6 +473,7 @@ VARIABLES = sorted(
         "apiary_cluster_pool_ipv4_mask_size", "kube_service_addresses", "apiary_lab_underlay_cidr",
         "ip", "apiary_hubble_metrics", "metallb_protocol", "metallb_config",
         "apiary_ignore_preflight_errors", "apiary_lb_algorithm", "apiary_lb_maglev_table_size",
-        "apiary_dns_address", "apiary_sock_lb_cgroup",
-    }
+        "apiary_dns_address", "apiary_sock_lb_cgroup", "apiary_hubble_event_buffer_capacity",
+        "apiary_hubble_tls_dir",
+    } | set(HUBBLE_PORTS)
 )

@@ -58,6 +58,17 @@ def test_good_inventory_is_normalised():
     ({"apiary_hubble_enabled": "maybe"}, "apiary_hubble_enabled", "must be a boolean"),
     ({"apiary_hubble_metrics": ["dns", "bogus"]}, "apiary_hubble_metrics[1]", "not a Hubble metric"),
     ({"apiary_hubble_metrics": "dns"}, "apiary_hubble_metrics", "must be a list"),
+    ({"apiary_hubble_event_buffer_capacity": 4096}, "apiary_hubble_event_buffer_capacity",
+     "one less than a power of two"),
+    ({"apiary_hubble_event_buffer_capacity": 131071}, "apiary_hubble_event_buffer_capacity", "at most 65535"),
+    ({"apiary_hubble_event_buffer_capacity": "many"}, "apiary_hubble_event_buffer_capacity", "must be a number"),
+    ({"apiary_hubble_listen_port": 70000}, "apiary_hubble_listen_port", "is not a port"),
+    ({"apiary_hubble_metrics_port": "metrics"}, "apiary_hubble_metrics_port", "must be a port number"),
+    ({"apiary_hubble_listen_port": 4244, "apiary_hubble_ui_port": 4244}, "apiary_hubble_ui_port",
+     "4244 is also apiary_hubble_listen_port"),
+    ({"apiary_hubble_tls_dir": "tls/hubble"}, "apiary_hubble_tls_dir", "must be an absolute folder path"),
+    ({"apiary_hubble_ui_enabled": True, "apiary_hubble_relay_enabled": False}, "apiary_hubble_ui_enabled",
+     "set apiary_hubble_relay_enabled too"),
     ({"kube_network_plugin": "calico"}, "kube_network_plugin", "Apiary is the network plugin"),
     ({"cilium_tunnel_mode": "geneve"}, "cilium_tunnel_mode", "vxlan, disabled"),
     ({"cilium_kube_proxy_replacement": "partial"}, "cilium_kube_proxy_replacement", "not supported"),
@@ -87,8 +98,21 @@ def test_kubespray_aliases_are_read_with_a_notice():
     assert result.settings["apiary_kube_proxy_replacement"] is True
     assert "cilium_tunnel_mode (Kubespray) is read as apiary_routing_mode" in result.notices
     assert "kube_network_plugin: cilium is read as apiary" in result.notices
-    # Features that have not landed are never silently ignored.
-    assert any("apiary_hubble_enabled is on" in n and "no effect" in n for n in result.notices)
+    # Hubble has landed: no "no effect so far" notice for it any more.
+    assert not any("apiary_hubble_enabled is on" in n for n in result.notices)
+
+
+def test_hubble_settings_are_normalised_and_l7_metrics_are_named():
+    result = check(apiary_hubble_event_buffer_capacity="65535", apiary_hubble_listen_port="4244",
+                   apiary_hubble_metrics_port=9965, apiary_hubble_relay_port=4245, apiary_hubble_ui_port=12000,
+                   apiary_hubble_tls_dir="/var/lib/apiary/tls/hubble/", apiary_hubble_metrics_enabled="true",
+                   apiary_hubble_metrics=["dns", "drop", "http:sourceContext=pod", "flows-to-world:any-drop"])
+    assert result.errors == []
+    assert result.settings["apiary_hubble_event_buffer_capacity"] == 65535
+    assert result.settings["apiary_hubble_listen_port"] == 4244
+    assert result.settings["apiary_hubble_tls_dir"] == "/var/lib/apiary/tls/hubble"
+    assert any("dns, http:sourceContext=pod need L7 visibility" in n for n in result.notices), result.notices
+    assert check(apiary_hubble_event_buffer_capacity=1).settings["apiary_hubble_event_buffer_capacity"] == 1
 
 
 def test_hubble_install_alias_sets_relay_and_ui():
