@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quick start, command one: install what is needed, build, bring up the three-node lab cluster
 # with cluster.yml, run the seed's pods on it and show them talking across nodes and through the
-# frontend Service.
+# frontend Service, and Hubble showing the flows.
 # Run as root on Debian 12. Tear down with:
 #   .venv/bin/ansible-playbook -i inventory/lab reset.yml
 set -euo pipefail
@@ -29,3 +29,8 @@ apiary lab exec -n network-policy-test backend -- wget -qO- http://frontend | gr
 apiary service list --node node2
 echo
 apiary endpoint list --node node2
+echo
+# Hubble: the flows every node saw, through the relay (here the backend's fetch, translated by the
+# socket load balancer, then the connection: policy verdicts and traces on both nodes), and its status.
+apiary observe --pod network-policy-test/backend --protocol tcp --first 7
+apiary status --node node1 | grep -E '^(Hubble|Kernel drops)'

@@ -36,7 +36,8 @@ def test_trace_reply_to_endpoint_from_the_world(lookup):
                               "pod_name": "", "node_name": ""}
     assert flow["Summary"] == "TCP Flags: SYN, ACK" and flow["traffic_direction"] == "EGRESS"
     assert "drop_reason" not in flow
-    assert " 1.2.3.4:80 (world) <- network-policy-test/frontend-6d8f9c-abcde:41000 (ID:23456) to-endpoint " \
+    # As hubble prints a reply: the connection's client first, "client <- server".
+    assert " network-policy-test/frontend-6d8f9c-abcde:41000 (ID:23456) <- 1.2.3.4:80 (world) to-endpoint " \
            "FORWARDED (TCP Flags: SYN, ACK)" in printer.compact(flow)
 
 

@@ -62,9 +62,13 @@ def arrow(flow: dict) -> str:
 
 
 def compact(flow: dict) -> str:
+    left, right = endpoint(flow, "source"), endpoint(flow, "destination")
+    sign = arrow(flow)
+    if sign == "<-":  # as hubble: a reply reads from the connection's client, "client <- server"
+        left, right = right, left
     return "%s [%s]: %s %s %s %s %s (%s)" % (
-        timestamp(flow), flow.get("node_name", ""), endpoint(flow, "source"), arrow(flow),
-        endpoint(flow, "destination"), flow_type(flow), flow.get("verdict", ""), flow.get("Summary", ""))
+        timestamp(flow), flow.get("node_name", ""), left, sign, right, flow_type(flow), flow.get("verdict", ""),
+        flow.get("Summary", ""))
 
 
 TABLE_HEADERS = ["TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"]
