@@ -220,7 +220,7 @@ def role_relay(peer: str, port: int) -> None:
     _reply({"ready": True})
     try:
         for _ in _commands():
-            _reply({"threads": threading.active_count()})
+            _reply({"threads": threading.active_count(), "cpu": sum(os.times()[:2])})
     finally:
         service.stop()
 
@@ -257,7 +257,7 @@ def role_client(target: str) -> None:
     _reply({"ready": True})
     for _ in _commands():
         _reply(dict(counts, errors=list(counts["errors"][-5:]), error_count=len(counts["errors"]),
-                    time=time.monotonic()))
+                    time=time.monotonic(), cpu=sum(os.times()[:2])))
 
 
 def role_main(argv: list) -> int:
@@ -408,9 +408,10 @@ class Bench:
         return got / sent
 
     def window(self, agent: Role, client: Role | None, rate_events: float | None, per_packet: float,
-               seconds: float, subscribers: int = 0) -> dict:
-        """One measurement: the agent reading, the client (if any) following, the flood for `seconds`.
-        `subscribers`: the observer's subscribers before the client started (the client's is one more)."""
+               seconds: float, subscribers: int = 0, relay: Role | None = None) -> dict:
+        """One measurement: the agent reading, the client (if any) following (through the relay, if any),
+        the flood for `seconds`. `subscribers`: the observer's subscribers before the client started (the
+        client's is one more)."""
         agent.ask("start")
         subscribed = True
         if client is not None:
@@ -424,9 +425,11 @@ class Bench:
         lost0 = events.lost_count(self.pin_dir)
         a0 = agent.ask("stats")
         c0 = client.ask("stats") if client else None
+        r0 = relay.ask("stats") if relay else None
         sent = self.send(0 if rate_events is None else rate_events / per_packet, seconds)
         a1 = agent.ask("stats")
         c1 = client.ask("stats") if client else None
+        r1 = relay.ask("stats") if relay else None
         lost = events.lost_count(self.pin_dir) - lost0
         a2 = agent.ask("stop")          # events off, then the ring drained
         c2 = self._drain(client, c0["flows"] + a2["seen"] - a0["seen"]) if client else None
@@ -447,7 +450,9 @@ class Bench:
             # Flows delivered over the time from the window's start to the last one's arrival: what the
             # client sustains (it catches up after the window when it lags).
             took = max(c2["last_flow"] - a0["time"], sent["seconds"]) if delivered else sent["seconds"]
-            row.update(client_in_window_per_s=(c1["flows"] - c0["flows"]) / (c1["time"] - c0["time"]),
+            row.update(client_cpu_per_s=(c1["cpu"] - c0["cpu"]) / (c1["time"] - c0["time"]),
+                       relay_cpu_per_s=(r1["cpu"] - r0["cpu"]) / (c1["time"] - c0["time"]) if relay else None,
+                       client_in_window_per_s=(c1["flows"] - c0["flows"]) / (c1["time"] - c0["time"]),
                        client_per_s=delivered / took, client_catch_up_s=max(0.0, took - sent["seconds"]),
                        delivered=delivered, delivered_fraction=delivered / row["observed"] if row["observed"] else 0.0,
                        client_dropped=c2["error_count"] - c0["error_count"],
@@ -500,7 +505,7 @@ def flows_part(bench: Bench, scratch: str, work: str, rates: list, seconds: floa
                 port = FLOW_PORT if stage == "server" else RELAY_PORT
                 client = Role(scratch, "client-%s" % stage, ["client", "127.0.0.1:%d" % port], work)
             try:
-                row = bench.window(agent, client, rate, per_packet, seconds, subscribers)
+                row = bench.window(agent, client, rate, per_packet, seconds, subscribers, relay)
                 if relay is not None:
                     row["relay_threads"] = relay.ask("stats")["threads"]
             finally:
@@ -559,7 +564,7 @@ def connect_part(topo: Topology, connrate: str, agents: list, seconds: float, ro
 def cpu_costs(n: int = 100000) -> dict:
     """Microseconds per event of each step on the reader's and the stream's side, with synthetic
     records of the shape the flood makes (what the pipeline's rate is made of)."""
-    from apiary.observe.flow import to_flow
+    from apiary.observe.flow import Converter, to_flow
     from apiary.observe.observer import Observer
 
     record = events.RECORD.pack(events.DROP, 133, events.F_INGRESS, 17, _lxc_id(TARGET), 0, time.monotonic_ns(),
@@ -586,10 +591,14 @@ def cpu_costs(n: int = 100000) -> dict:
     for line in lines:
         json.loads(line)
     t6 = time.perf_counter()
+    converter = Converter(OBSERVED, lookup)     # what a flow server does: the line from cached parts
+    for ev in decoded[: n // 4]:
+        converter.line(ev)
+    t7 = time.perf_counter()
     k = len(flows)
     return {"decode_us": (t1 - t0) / n * 1e6, "observer_add_us": (t2 - t1) / n * 1e6,
             "to_flow_us": (t3 - t2) / k * 1e6, "json_dumps_us": (t4 - t3) / k * 1e6,
-            "json_loads_us": (t6 - t5) / k * 1e6, "events": n}
+            "json_loads_us": (t6 - t5) / k * 1e6, "flow_line_us": (t7 - t6) / k * 1e6, "events": n}
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -677,21 +686,23 @@ def text_report(report: dict) -> str:
     if flows:
         lines += ["flows: UDP flood %s -> %s, %s's ingress denied: %.2f drop event(s) per datagram into node %s's ring; "
                   "%s s per window" % (SENDER, TARGET, TARGET, flows["events_per_datagram"], OBSERVED, report["seconds"]),
-                  "%-9s %9s %10s %11s %9s %8s %9s %9s %10s %10s %8s %7s" % (
+                  "%-9s %9s %10s %11s %9s %8s %9s %9s %9s %9s %10s %10s %8s %7s" % (
                       "stage", "offered", "emitted/s", "observer/s", "lost", "backlog", "agent CPU", "us/event",
-                      "client/s", "delivered", "dropped", "kept up")]
+                      "relay CPU", "clnt CPU", "client/s", "delivered", "dropped", "kept up")]
         for r in flows["rows"]:
             client = r["stage"] != "observer"
-            lines.append("%-9s %9s %10.0f %11.0f %9d %8d %9.2f %9.1f %10s %10s %8s %7s" % (
+            lines.append("%-9s %9s %10.0f %11.0f %9d %8d %9.2f %9.1f %9s %9s %10s %10s %8s %7s" % (
                 r["stage"], r["rate"], r["emitted_per_s"], r["observer_per_s"], r["lost"], r["backlog_at_end"],
                 r["agent_cpu_per_s"], r["agent_cpu_us_per_event"],
+                "%.2f" % r["relay_cpu_per_s"] if r.get("relay_cpu_per_s") is not None else "-",
+                "%.2f" % r["client_cpu_per_s"] if client else "-",
                 "%.0f" % r["client_per_s"] if client else "-",
                 "%.1f %%" % (100 * r["delivered_fraction"]) if client else "-", r["client_dropped"] if client else "-",
                 "yes" if r["client_kept_up" if client else "observer_kept_up"] else "NO"))
         lines += ["emitted/s: events the datapath put in the ring or counted lost, per second of sending; observer/s: "
                   "events into the observer during the window; backlog: events still read from the ring after it;",
                   "agent CPU: CPUs the agent process used during the window (us/event: its CPU time per observed "
-                  "event, flow server included); client/s: flows the client parsed from the window's start to the "
+                  "event, flow server included); relay CPU, clnt CPU: the same for the relay and the client; client/s: flows the client parsed from the window's start to the "
                   "last one's arrival;",
                   "delivered: of the observed flows; dropped: streams the server or relay ended (client too slow); "
                   "kept up: no loss, observer/s (and client/s) >= %d %% of emitted/s, >= %d %% delivered, none dropped"
@@ -709,9 +720,10 @@ def text_report(report: dict) -> str:
     costs = report.get("cpu_us_per_event")
     if costs:
         lines += ["", "CPU per event in Python (this process, synthetic drop records), us: decode %.2f, Observer.add %.2f, "
-                  "to_flow %.2f, json.dumps %.2f, json.loads %.2f" % (
+                  "to_flow %.2f, json.dumps %.2f, json.loads %.2f; a flow's line as the flow server builds it "
+                  "(Converter.line, cached parts) %.2f" % (
                       costs["decode_us"], costs["observer_add_us"], costs["to_flow_us"], costs["json_dumps_us"],
-                      costs["json_loads_us"])]
+                      costs["json_loads_us"], costs["flow_line_us"])]
     lines += ["", "targets (reported, never enforced):"]
     for name, t in report["targets"].items():
         lines.append("  %s = %.3f (target %s): %s" % (name, t["value"], t["target"], t["verdict"]))

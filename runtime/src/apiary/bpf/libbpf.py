@@ -12,6 +12,7 @@ import collections
 import ctypes
 import errno as errno_mod
 import os
+import select
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -425,31 +426,61 @@ def tc_detach(ifindex: int, point: str, handle: int = 1, priority: int = 1) -> b
 
 # --- ring buffers -----------------------------------------------------------------------------
 _SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_consume_fn = None
+_BATCH_FULL = -errno_mod.ENOBUFS    # what _sample returns to end a ring_buffer__consume early
+
+
+def _consume():
+    """ring_buffer__consume through ctypes.PyDLL: the call keeps the GIL. Through CDLL it would release
+    it, and each record's callback would have to take it back: with another Python thread busy (a flow
+    server) that costs a GIL hand-over per record and the reader falls behind."""
+    global _consume_fn
+    if _consume_fn is None:
+        lib()   # loaded and its print callback set
+        func = ctypes.PyDLL("libbpf.so.1").ring_buffer__consume
+        func.restype, func.argtypes = ctypes.c_int, [_P]
+        _consume_fn = func
+    return _consume_fn
 
 
 class RingBuffer(Closable):
-    """A consumer of a BPF_MAP_TYPE_RINGBUF map: poll() returns the records that arrived (bytes each),
-    waiting up to timeout_ms for the first."""
+    """A consumer of a BPF_MAP_TYPE_RINGBUF map: poll() returns the records that arrived (bytes each, at
+    most `batch`), waiting up to timeout_ms for the first."""
 
-    def __init__(self, map_fd: int):
+    def __init__(self, map_fd: int, batch: int = 4096):
         self._rb = None
         self._records: list = []
+        self.batch = batch
         self._callback = _SAMPLE_FN(self._sample)  # kept alive as long as the ring buffer
         ctypes.set_errno(0)
         self._rb = lib().ring_buffer__new(map_fd, ctypes.cast(self._callback, ctypes.c_void_p), None, None)
         if not self._rb:
             raise LibbpfError(ctypes.get_errno() or errno_mod.EINVAL, "ring_buffer__new(map fd %d)" % map_fd,
                               _logged())
+        self._waiter = select.poll()
+        self._waiter.register(map_fd, select.POLLIN)
+        self._consume = _consume()
 
     def _sample(self, _ctx, data, size):
-        self._records.append(ctypes.string_at(data, size))
-        return 0
+        records = self._records
+        records.append(ctypes.string_at(data, size))
+        # Stop after a batch (the record is consumed all the same): the GIL is held meanwhile.
+        return _BATCH_FULL if len(records) >= self.batch else 0
+
+    def _take(self) -> list:
+        ret = self._consume(self._rb)
+        if ret < 0 and ret != _BATCH_FULL and -ret != errno_mod.EINTR:
+            raise LibbpfError(-ret, "ring_buffer__consume")
+        records, self._records = self._records, []
+        return records
 
     def poll(self, timeout_ms: int) -> list:
-        ret = lib().ring_buffer__poll(self._rb, timeout_ms)
-        if ret < 0 and -ret != errno_mod.EINTR:
-            raise LibbpfError(-ret, "ring_buffer__poll")
-        records, self._records = self._records, []
+        records = self._take()
+        if not records:
+            # Wait without the GIL; the ring's fd is readable while it holds records (and libbpf's
+            # consume sees the records that arrive between the two calls).
+            self._waiter.poll(max(0, timeout_ms))
+            records = self._take()
         return records
 
     def close(self) -> None:

@@ -51,47 +51,84 @@ def clock_offset() -> float:
     return time.time() - time.monotonic()
 
 
-def decode(data: bytes, offset: float | None = None) -> dict:
-    (etype, sub_type, flags, proto, lxc_id, _, ktime, src_id, dst_id, saddr, daddr, sport, dport, tcp_flags,
-     icmp_type, icmp_code, _, orig_addr, orig_port, _, ifindex, length, cookie) = RECORD.unpack_from(data)
-    if offset is None:
-        offset = clock_offset()
+def _template(etype: int, sub_type: int, flags: int, proto: int, tcp_flags: int) -> dict:
+    """An event with the fields that depend only on these header fields, in decode()'s key order; the
+    others are zero and filled in per record."""
     dropped = etype == DROP or (etype == POLICY_VERDICT and flags & F_DENIED)
     if etype == TRACE_SOCK:
         verdict, point = "TRANSLATED", XLATE_POINTS.get(sub_type, str(sub_type))
     else:
         verdict, point = ("DROPPED" if dropped else "FORWARDED"), OBSERVATION_POINTS.get(sub_type, "") \
             if etype == TRACE else ""
-    icmp = proto == 1
     return {
         "type": TYPE_NAMES.get(etype, str(etype)),
         "event_type": etype,
         "sub_type": sub_type,
-        "time": ktime / 1e9 + offset,
+        "time": 0.0,
         "verdict": verdict,
         "drop_reason": sub_type if dropped else 0,
         "drop_reason_desc": maps.REASONS.get(sub_type, "Unknown reason %d" % sub_type) if dropped else "",
         "observation_point": point,
-        "endpoint_id": lxc_id,
+        "endpoint_id": 0,
         "traffic_direction": "ingress" if flags & F_INGRESS else "egress" if flags & F_EGRESS else "unknown",
         "is_reply": bool(flags & F_REPLY),
-        "src_identity": src_id,
-        "dst_identity": dst_id,
-        "src_ip": _ip(saddr),
-        "dst_ip": _ip(daddr),
+        "src_identity": 0,
+        "dst_identity": 0,
+        "src_ip": "",
+        "dst_ip": "",
         "protocol": PROTOCOLS.get(proto, str(proto)),
-        # Ports are network order in the record: swap the little-endian reads.
-        "src_port": 0 if icmp else ((sport & 0xFF) << 8) | (sport >> 8),
-        "dst_port": 0 if icmp else ((dport & 0xFF) << 8) | (dport >> 8),
-        "icmp_type": icmp_type if icmp else None,
-        "icmp_code": icmp_code if icmp else None,
+        "src_port": 0,
+        "dst_port": 0,
+        "icmp_type": None,
+        "icmp_code": None,
         "tcp_flags": _flags(tcp_flags) if proto == 6 else [],
-        "orig_ip": _ip(orig_addr) if etype == TRACE_SOCK else None,
-        "orig_port": ((orig_port & 0xFF) << 8) | (orig_port >> 8) if etype == TRACE_SOCK else None,
-        "netns_cookie": cookie,
-        "ifindex": ifindex,
-        "length": length,
+        "orig_ip": None,
+        "orig_port": None,
+        "netns_cookie": 0,
+        "ifindex": 0,
+        "length": 0,
     }
+
+
+_templates: dict = {}
+NO_ADDRESS = bytes(4)
+
+
+def decode(data: bytes, offset: float | None = None) -> dict:
+    """One record as an event (docs/hubble.md §1). Events are read-only: they share parts (the
+    tcp_flags list) with other events of the same kind."""
+    (etype, sub_type, flags, proto, lxc_id, _, ktime, src_id, dst_id, saddr, daddr, sport, dport, tcp_flags,
+     icmp_type, icmp_code, _, orig_addr, orig_port, _, ifindex, length, cookie) = RECORD.unpack_from(data)
+    if offset is None:
+        offset = clock_offset()
+    # The fields that depend on the kind of event only come from a per-kind template: copying it is
+    # cheaper than building them for every record (the reader's hot path).
+    key = (etype, sub_type, flags, proto, tcp_flags)
+    template = _templates.get(key)
+    if template is None:
+        if len(_templates) > 4096:
+            _templates.clear()
+        template = _templates[key] = _template(*key)
+    event = template.copy()
+    event["time"] = ktime / 1e9 + offset
+    event["endpoint_id"] = lxc_id
+    event["src_identity"] = src_id
+    event["dst_identity"] = dst_id
+    event["src_ip"] = _addresses.get(saddr) or _ip(saddr)
+    event["dst_ip"] = _addresses.get(daddr) or _ip(daddr)
+    if proto == 1:
+        event["icmp_type"], event["icmp_code"] = icmp_type, icmp_code
+    else:
+        # Ports are network order in the record: swap the little-endian reads.
+        event["src_port"] = ((sport & 0xFF) << 8) | (sport >> 8)
+        event["dst_port"] = ((dport & 0xFF) << 8) | (dport >> 8)
+    if orig_addr != NO_ADDRESS:  # translated: by the socket LB (trace-sock) or NodePort at tc (trace)
+        event["orig_ip"] = _ip(orig_addr)
+        event["orig_port"] = ((orig_port & 0xFF) << 8) | (orig_port >> 8)
+    event["netns_cookie"] = cookie
+    event["ifindex"] = ifindex
+    event["length"] = length
+    return event
 
 
 def set_enabled(pin_dir: str, enabled: bool) -> None:

@@ -5,6 +5,8 @@ dict-backed one for tests and tools.
 """
 from __future__ import annotations
 
+import json
+import operator
 import time
 
 # Cilium's reserved identities (pkg/identity/numericidentity.go).
@@ -138,6 +140,42 @@ def _set_ip(value) -> bool:
     return bool(value) and value != "0.0.0.0"
 
 
+def _tail(event, node_name: str) -> dict:
+    """The flow's keys after `destination` that depend only on the kind of event (not on its addresses,
+    ports or time), in to_flow's order; `destination_service` (last) is added by the caller."""
+    sock = event["type"] == "trace-sock"
+    tail = {
+        "Type": "SOCK" if sock else "L3_L4",
+        "node_name": node_name,
+        "event_type": {"type": event["event_type"], "sub_type": event["sub_type"]},
+        "traffic_direction": event["traffic_direction"].upper() if event["traffic_direction"] != "unknown"
+        else "TRAFFIC_DIRECTION_UNKNOWN",
+        "is_reply": bool(event["is_reply"]),
+        "source_names": [],
+        "destination_names": [],
+        "Summary": summary(event),
+    }
+    if event["verdict"] == "DROPPED" or event["drop_reason"]:
+        tail["drop_reason"] = event["drop_reason"]
+        tail["drop_reason_desc"] = DROP_REASONS.get(event["drop_reason"], "DROP_REASON_UNKNOWN")
+    if event["type"] == "trace":
+        tail["trace_observation_point"] = event["observation_point"].upper().replace("-", "_")
+    if sock:
+        tail["sock_xlate_point"] = SOCK_XLATE_POINTS.get(event["observation_point"], "SOCK_XLATE_POINT_UNKNOWN")
+        tail["socket_cookie"] = event["netns_cookie"]
+    if event["type"] == "policy-verdict":
+        tail["policy_match_type"] = 0
+    return tail
+
+
+def _service(lookup, protocol: str, dst_ip: str, dst_port: int):
+    if protocol in ("TCP", "UDP", "SCTP") and dst_port:
+        svc = lookup.service(dst_ip, dst_port, protocol)
+        if svc:
+            return {"name": svc["name"], "namespace": svc["namespace"]}
+    return None
+
+
 def to_flow(event: dict, node_name: str, lookup) -> dict:
     """One decoded event as a Hubble flow (a dict in `hubble observe -o json`'s shape)."""
     sock = event["type"] == "trace-sock"
@@ -162,28 +200,134 @@ def to_flow(event: dict, node_name: str, lookup) -> dict:
         "l4": _l4(l4event),
         "source": _endpoint(lookup, src_ep, src_ip, event["src_identity"]),
         "destination": _endpoint(lookup, dst_ep, dst_ip, event["dst_identity"]),
-        "Type": "SOCK" if sock else "L3_L4",
-        "node_name": node_name,
-        "event_type": {"type": event["event_type"], "sub_type": event["sub_type"]},
-        "traffic_direction": event["traffic_direction"].upper() if event["traffic_direction"] != "unknown"
-        else "TRAFFIC_DIRECTION_UNKNOWN",
-        "is_reply": bool(event["is_reply"]),
-        "source_names": [],
-        "destination_names": [],
-        "Summary": summary(l4event),
     }
-    if event["verdict"] == "DROPPED" or event["drop_reason"]:
-        flow["drop_reason"] = event["drop_reason"]
-        flow["drop_reason_desc"] = DROP_REASONS.get(event["drop_reason"], "DROP_REASON_UNKNOWN")
-    if event["type"] == "trace":
-        flow["trace_observation_point"] = event["observation_point"].upper().replace("-", "_")
-    if sock:
-        flow["sock_xlate_point"] = SOCK_XLATE_POINTS.get(event["observation_point"], "SOCK_XLATE_POINT_UNKNOWN")
-        flow["socket_cookie"] = event["netns_cookie"]
-    if event["type"] == "policy-verdict":
-        flow["policy_match_type"] = 0
-    if event["protocol"] in ("TCP", "UDP", "SCTP") and dst_port:
-        svc = lookup.service(dst_ip, dst_port, event["protocol"])
-        if svc:
-            flow["destination_service"] = {"name": svc["name"], "namespace": svc["namespace"]}
+    flow.update(_tail(l4event, node_name))
+    # A translated packet (NodePort at tc) names the frontend it was sent to: that is its service.
+    svc = _service(lookup, event["protocol"], event.get("orig_ip") or dst_ip, event.get("orig_port") or dst_port)
+    if svc:
+        flow["destination_service"] = svc
     return flow
+
+
+def _json(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# What _tail() and the l4 layout depend on (besides tcp_flags, a list).
+_KIND = operator.itemgetter("type", "event_type", "sub_type", "verdict", "drop_reason", "observation_point",
+                            "traffic_direction", "is_reply", "protocol", "icmp_type", "icmp_code")
+_CACHE_LIMIT = 65536
+
+
+class _Kind:
+    """What flows of one kind of event share: the tail dict and the JSON pieces around the addresses."""
+
+    __slots__ = ("tail", "verdict_json", "ports", "l4_format", "tail_json")
+
+    def __init__(self, event, node_name):
+        self.tail = _tail(event, node_name)
+        self.verdict_json = _json(event["verdict"])
+        self.tail_json = _json(self.tail)[1:-1]
+        proto = event["protocol"]
+        self.ports = proto in ("TCP", "UDP", "SCTP")
+        if self.ports:      # the ports vary within a kind: left as %d
+            flags = ',"flags":' + _json(_l4(event)["TCP"]["flags"]) if proto == "TCP" else ""
+            self.l4_format = '{"%s":{"source_port":%%d,"destination_port":%%d%s}}' % (proto, flags)
+        else:
+            self.l4_format = _json(_l4(event))
+
+
+class Converter:
+    """to_flow() for one node, with caches, and the flow's JSON line (`{"flow": ...}` as
+    json.dumps(..., separators=(",", ":")) writes it) built from cached pieces: a flow costs a few dict
+    lookups instead of the enrichment and the encoding of every field.
+
+    Endpoints (by IP and identity) and services come from the lookup and are kept `ttl` seconds (the
+    agent's lookup rebuilds its indexes as often); what depends only on the kind of event is kept until
+    there are too many kinds. The dicts returned share these cached parts: treat flows as read-only.
+    Safe to use from several threads (a race only computes a part twice).
+    trace-sock events (one per connect, enriched through the socket's netns) take to_flow()."""
+
+    def __init__(self, node_name: str, lookup, ttl: float = 1.0):
+        self.node_name = node_name
+        self.lookup = lookup
+        self.ttl = ttl
+        self._second = (None, "")
+        self._kinds = {}
+        self._endpoints, self._services, self._expires = {}, {}, 0.0
+
+    def _fresh(self) -> None:
+        now = time.monotonic()
+        if now >= self._expires or len(self._endpoints) > _CACHE_LIMIT or len(self._services) > _CACHE_LIMIT:
+            self._endpoints, self._services, self._expires = {}, {}, now + self.ttl
+
+    def _time(self, seconds: float) -> str:
+        """rfc3339(), with the part up to the seconds formatted once per second."""
+        sec, frac = divmod(int(round(seconds * 1e9)), 1_000_000_000)
+        cached = self._second
+        if cached[0] != sec:
+            cached = self._second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+        return "%s.%09dZ" % (cached[1], frac)
+
+    def _endpoint(self, ip: str, identity: int):
+        """(Endpoint dict, its JSON, the IP's JSON)."""
+        key = (ip, identity)
+        entry = self._endpoints.get(key)
+        if entry is None:
+            ep = _endpoint(self.lookup, self.lookup.endpoint(ip), ip, identity)
+            entry = self._endpoints[key] = (ep, _json(ep), _json(ip))
+        return entry
+
+    def _kind(self, event) -> _Kind:
+        key = (_KIND(event), tuple(event["tcp_flags"] or ()))
+        kind = self._kinds.get(key)
+        if kind is None:
+            if len(self._kinds) > 4096:
+                self._kinds = {}
+            kind = self._kinds[key] = _Kind(event, self.node_name)
+        return kind
+
+    def _service(self, event):
+        """(destination_service dict or None, ',"destination_service":{...}' or '')."""
+        key = (event["orig_ip"] or event["dst_ip"], event["orig_port"] or event["dst_port"], event["protocol"])
+        entry = self._services.get(key)
+        if entry is None:
+            svc = _service(self.lookup, event["protocol"], key[0], key[1])
+            entry = self._services[key] = (svc, ',"destination_service":' + _json(svc) if svc else "")
+        return entry
+
+    def flow(self, event: dict) -> dict:
+        """to_flow(event, node_name, lookup)."""
+        if event["type"] == "trace-sock":
+            return to_flow(event, self.node_name, self.lookup)
+        self._fresh()
+        src, dst = self._endpoint(event["src_ip"], event["src_identity"]), \
+            self._endpoint(event["dst_ip"], event["dst_identity"])
+        flow = {
+            "time": self._time(event["time"]),
+            "verdict": event["verdict"],
+            "IP": {"source": event["src_ip"], "destination": event["dst_ip"], "ipVersion": "IPv4"},
+            "l4": _l4(event),
+            "source": src[0],
+            "destination": dst[0],
+        }
+        flow.update(self._kind(event).tail)
+        svc = self._service(event)[0]
+        if svc:
+            flow["destination_service"] = svc
+        return flow
+
+    def line(self, event: dict) -> bytes:
+        """The API's NDJSON line of the event's flow: json.dumps({"flow": flow}, separators=(",", ":"))
+        and a newline, as bytes. The time comes first (the relay sorts lines by it without parsing)."""
+        if event["type"] == "trace-sock":
+            return (_json({"flow": to_flow(event, self.node_name, self.lookup)}) + "\n").encode()
+        self._fresh()
+        src, dst = self._endpoint(event["src_ip"], event["src_identity"]), \
+            self._endpoint(event["dst_ip"], event["dst_identity"])
+        kind = self._kind(event)
+        l4 = kind.l4_format % (event["src_port"], event["dst_port"]) if kind.ports else kind.l4_format
+        return ('{"flow":{"time":"%s","verdict":%s,"IP":{"source":%s,"destination":%s,"ipVersion":"IPv4"},'
+                '"l4":%s,"source":%s,"destination":%s,%s%s}}\n' % (
+                    self._time(event["time"]), kind.verdict_json, src[2], dst[2], l4, src[1], dst[1],
+                    kind.tail_json, self._service(event)[1])).encode()

@@ -8,10 +8,11 @@ whose queue is full is closed there and then ("client too slow") rather than slo
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
 
-from apiary.observe.flow import to_flow
+from apiary.observe.flow import Converter
 
 DEFAULT_CAPACITY = 4095
 # Hubble's LostEventSource names.
@@ -79,8 +80,7 @@ class Observer:
         if capacity < 1:
             raise ValueError("observer capacity must be at least 1, not %r" % capacity)
         self.capacity = capacity
-        self.node_name = node_name
-        self.lookup = lookup
+        self.converter = Converter(node_name, lookup)
         self.started = time.time()
         self._ring = collections.deque(maxlen=capacity)
         self._lock = threading.Lock()
@@ -108,28 +108,49 @@ class Observer:
             for sub in self._subscribers:
                 sub.offer(record)
 
-    # --- reader side ---------------------------------------------------------------------------
+    # --- reader side (never under the lock: conversion must not hold up add()) ----------------
+    @property
+    def node_name(self) -> str:
+        return self.converter.node_name
+
+    @property
+    def lookup(self):
+        return self.converter.lookup
+
     def flow(self, event: dict) -> dict:
         """The event as a flow, converted once (the first read) and kept with the event."""
         flow = event.get("_flow")
         if flow is None:
-            flow = to_flow(event, self.node_name, self.lookup)
-            event["_flow"] = flow
+            flow = event["_flow"] = self.converter.flow(event)
         return flow
 
-    def record(self, item: dict, query=None):
-        """An item of the ring as an API record ({"flow"} or {"lost_events"}), None if filtered out."""
+    def line(self, item: dict) -> bytes:
+        """The item's API record as an NDJSON line, built once and shared by every reader."""
+        line = item.get("_line")
+        if line is None:
+            if item.get("type") == "lost":
+                line = (json.dumps(_lost_events(item), separators=(",", ":")) + "\n").encode()
+            else:
+                line = self.converter.line(item)
+            item["_line"] = line
+        return line
+
+    def record(self, item: dict, query=None, encoded: bool = False):
+        """An item of the ring as an API record ({"flow"} or {"lost_events"}; its line as bytes when
+        `encoded`), None if filtered out."""
         if query is not None and not query.in_range(item["time"]):
             return None
-        if item.get("type") == "lost":
-            return {"lost_events": {"source": item["source"], "num_events_lost": item["num_events_lost"]}}
-        flow = self.flow(item)
-        if query is not None and not query.match(flow):
+        lost = item.get("type") == "lost"
+        if not lost and query is not None and not getattr(query, "matches_all", False) \
+                and not query.match(self.flow(item)):
             return None
-        return {"flow": flow}
+        if encoded:
+            return self.line(item)
+        return _lost_events(item) if lost else {"flow": self.flow(item)}
 
-    def get_flows(self, query=None, since=None, until=None, last=None, first=None) -> list:
-        """Records (flows and lost-event notices) of the ring that match, oldest first.
+    def get_flows(self, query=None, since=None, until=None, last=None, first=None, encoded: bool = False) -> list:
+        """Records (flows and lost-event notices) of the ring that match, oldest first; NDJSON lines
+        (bytes) when `encoded`.
 
         `query` is a filters.Query (its since/until/last/first are used unless given here)."""
         if query is not None:
@@ -139,18 +160,18 @@ class Observer:
             first = query.first if first is None else first
         with self._lock:
             items = list(self._ring)
-        return self._select(items, query, since, until, last, first)
+        return self._select(items, query, since, until, last, first, encoded)
 
-    def _select(self, items, query, since, until, last, first) -> list:
+    def _select(self, items, query, since, until, last, first, encoded=False) -> list:
         flt = _Range(query, since, until)
         out, flows = [], 0
         # --last reads from the newest backwards and stops early; everything else reads forwards.
         for item in (reversed(items) if last else items):
-            rec = self.record(item, flt)
+            rec = self.record(item, flt, encoded)
             if rec is None:
                 continue
             out.append(rec)
-            if "flow" in rec:
+            if item.get("type") != "lost":
                 flows += 1
                 if (last and flows >= last) or (first and flows >= first):
                     break
@@ -175,8 +196,9 @@ class Observer:
         if dropped:
             self._dropped_clients += 1
 
-    def follow(self, query=None, queue_size: int = 10000, history: bool = True):
-        """Records for a follow stream: the matching history first, then live records as they come.
+    def follow(self, query=None, queue_size: int = 10000, history: bool = True, encoded: bool = False):
+        """Records for a follow stream: the matching history first, then live records as they come
+        (as NDJSON when `encoded`: bytes of one line or, live, of a batch's lines).
 
         Yields None after each batch and when nothing arrived for a while (the writer sends what it
         has, or checks its client is still there); ends with {"error": reason} if the observer dropped the subscription. Closing the
@@ -184,7 +206,7 @@ class Observer:
         sub, items = self._subscribe(queue_size)
         try:
             if history and query is not None and (query.since is not None or query.last):
-                for rec in self._select(items, query, query.since, query.until, query.last, None):
+                for rec in self._select(items, query, query.since, query.until, query.last, None, encoded):
                     yield rec
             del items
             live = _Range(query, None, query.until if query is not None else None)
@@ -194,12 +216,19 @@ class Observer:
                 except SubscriptionClosed as exc:
                     yield {"error": str(exc)}
                     return
+                records, ended = [], False
                 for item in batch:
                     if live.until is not None and item["time"] > live.until:
-                        return
-                    rec = self.record(item, live)
+                        ended = True
+                        break
+                    rec = self.record(item, live, encoded)
                     if rec is not None:
-                        yield rec
+                        records.append(rec)
+                if encoded and records:
+                    records = [b"".join(records)]   # the batch's lines as one piece: less work per flow
+                yield from records
+                if ended:
+                    return
                 yield None      # a pause: the writer sends what it has
         finally:
             sub.close()
@@ -216,9 +245,9 @@ class Observer:
                     return
                 for item in batch:
                     if item.get("type") == "lost":
-                        yield {"lost_events": {"source": item["source"], "num_events_lost": item["num_events_lost"]}}
+                        yield _lost_events(item)
                     elif not types or item["type"] in types:
-                        yield {k: v for k, v in item.items() if k != "_flow"}
+                        yield {k: v for k, v in item.items() if k not in ("_flow", "_line")}
                 yield None
         finally:
             sub.close()
@@ -231,11 +260,17 @@ class Observer:
                     "dropped_clients": self._dropped_clients, "node_name": self.node_name}
 
 
+def _lost_events(item: dict) -> dict:
+    return {"lost_events": {"source": item["source"], "num_events_lost": item["num_events_lost"]}}
+
+
 class _Range:
     """A Query's filter with an explicit time range (the caller may override the query's)."""
 
     def __init__(self, query, since, until):
         self.query, self.since, self.until = query, since, until
+        # No flow filter: a flow need not be built as a dict to be matched (its line is enough).
+        self.matches_all = query is None or not any(query.filters.values())
 
     def in_range(self, seconds: float) -> bool:
         return (self.since is None or seconds >= self.since) and (self.until is None or seconds <= self.until)

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from apiary.errors import UserError
 from apiary.observe import server
-from apiary.observe.flow import parse_rfc3339
+from apiary.observe.flow import parse_rfc3339, rfc3339
 from apiary.store.etcd import EtcdClient
 
 log = logging.getLogger("apiary.observe.relay")
@@ -68,9 +68,20 @@ def split_address(text: str, what: str):
     return host, int(port)
 
 
-def _time(record: dict) -> float:
-    flow = record.get("flow")
-    return parse_rfc3339(flow["time"]) if flow else 0.0
+# Records travel as the peers' NDJSON lines (bytes), not parsed: a flow record is the line of an object
+# whose one key is "flow".
+FLOW_LINE = b'{"flow"'
+TIME_AT = len(b'{"flow":{"time":"')
+
+
+def _time_key(line: bytes) -> bytes:
+    """A flow line's time as sortable bytes. Flow times are RFC 3339 in UTC with nanoseconds, a fixed
+    width, so the texts sort as the times do; an Apiary node writes the time first, where it is sliced
+    out without parsing the line."""
+    end = TIME_AT + 30
+    if line.startswith(b'{"flow":{"time":"') and line[end - 11:end - 10] == b"." and line[end - 1:end + 1] == b'Z"':
+        return line[TIME_AT:end]
+    return rfc3339(parse_rfc3339(json.loads(line)["flow"]["time"])).encode()    # another layout
 
 
 def _node_status(name: str, state: str, message: str = "") -> dict:
@@ -123,8 +134,10 @@ class Relay:
 
     # --- queries -------------------------------------------------------------------------------
     def _ask(self, peer, path):
-        return list(server.get_stream(peer["address"], path, self.tls, timeout=self.timeout,
-                                      follow_timeout=self.timeout))
+        """The peer's records, each its NDJSON line (bytes)."""
+        return [line + b"\n" for lines in server.get_lines(peer["address"], path, self.tls, timeout=self.timeout,
+                                                             follow_timeout=self.timeout)
+                for line in lines.split(b"\n") if line.strip()]
 
     def flows(self, query):
         peers = self.peers()
@@ -140,12 +153,12 @@ class Relay:
                 except Exception as exc:  # noqa: BLE001 - reported in the stream, the rest still answer
                     out.append(_node_status(peer["name"], "NODE_UNAVAILABLE", "%s: %s" % (peer["address"], exc)))
                     continue
-                for rec in records:
-                    (flows if "flow" in rec else out).append(rec)
+                for line in records:
+                    (flows if line.startswith(FLOW_LINE) else out).append(line)
         if not peers:
             out.append(_node_status("", "NODE_UNAVAILABLE", "no peers: no node in the store (%s)"
                                     % (self._discovery_error or "none published under %s" % NODES_PREFIX)))
-        flows.sort(key=_time)
+        flows.sort(key=_time_key)
         if query.last:
             flows = flows[-query.last:]
         elif query.first:
@@ -153,9 +166,11 @@ class Relay:
         return out + flows
 
     def _follow(self, peers, query):
-        """Every peer's follow stream, forwarded as records come (None when idle)."""
+        """Every peer's follow stream, forwarded as records come (None when idle): the peers' lines
+        pass through unparsed, as read (several lines at a time)."""
         path = "/v1/flows?" + query.query_string()
-        records = queue.Queue(maxsize=self.queue_size)
+        # Bounded by bytes, about 1 KiB per record: an item is a read of up to server.CHUNK bytes.
+        records = queue.Queue(maxsize=max(2, self.queue_size * 1024 // server.CHUNK))
         stop = threading.Event()
         overflow = threading.Event()
         conns = []
@@ -170,12 +185,12 @@ class Relay:
                 if resp.status != 200:
                     raise server.StreamError(resp.status, json.loads(resp.read() or b"{}").get("error", ""))
                 sock.settimeout(None)
-                while not stop.is_set():
-                    line = resp.readline()
-                    if not line:
-                        raise ConnectionError("the peer ended the stream")
-                    records.put_nowait(json.loads(line))
+                for lines in server.read_lines(resp):
+                    if stop.is_set():
+                        return
+                    records.put_nowait(lines)
                     # a full queue raises queue.Full: the relay's client is too slow
+                raise ConnectionError("the peer ended the stream")
             except queue.Full:
                 overflow.set()
             except Exception as exc:  # noqa: BLE001 - one peer's failure is a status line, not the end
@@ -193,7 +208,7 @@ class Relay:
         try:
             while True:
                 if overflow.is_set():
-                    yield {"error": "client too slow: relay queue of %d records full" % self.queue_size}
+                    yield {"error": "client too slow: relay queue of about %d records full" % self.queue_size}
                     return
                 try:
                     rec = records.get(timeout=0.2)
@@ -237,7 +252,8 @@ class Relay:
         params = {"last": [str(last or UI_RECENT)]}
         if namespace:
             params["namespace"] = [namespace]
-        return [rec["flow"] for rec in self.flows(filters.parse(params)) if "flow" in rec]
+        return [json.loads(rec)["flow"] for rec in self.flows(filters.parse(params))
+                if type(rec) is bytes and rec.startswith(FLOW_LINE)]
 
 
 def _ui_server(relay, host, port):
