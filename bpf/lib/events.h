@@ -148,3 +148,31 @@ static __always_inline void send_trace_notify(struct __sk_buff *ctx, __u8 type, 
 	event_fill_packet(ctx, &ev);
 	events_send(&ev);
 }
+
+/* A new connection from outside the node translated at tc (lib/nodeport.h): the client, the backend it
+ * got and the frontend it asked for (orig). Seen entering the node from the network. */
+static __always_inline void send_nat_notify(struct __sk_buff *ctx, const struct ipv4_ct_tuple *t, __u8 tcp_flags,
+					    __be32 backend, __be16 backend_port)
+{
+	struct flow_event ev = {
+		.type = CILIUM_NOTIFY_TRACE,
+		.sub_type = TRACE_FROM_NETWORK,
+		.flags = EVENT_F_INGRESS,
+		.proto = t->nexthdr,
+		.saddr = t->saddr,
+		.daddr = backend,
+		.sport = t->sport,
+		.dport = backend_port,
+		.tcp_flags = tcp_flags,
+		.orig_addr = t->daddr,
+		.orig_port = t->dport,
+		.ifindex = ctx->ifindex,
+		.len = ctx->len,
+	};
+
+	if (!events_enabled())
+		return;
+	ev.src_identity = event_identity(t->saddr);
+	ev.dst_identity = event_identity(backend);
+	events_send(&ev);
+}

@@ -19,6 +19,7 @@
 #include "endpoint.h"
 #include "fib.h"
 #include "lb.h"
+#include "events.h"
 
 #define NAT_DIR_FWD	0
 #define NAT_DIR_REV	1
@@ -196,6 +197,7 @@ static __always_inline int nodeport_lb4(struct __sk_buff *ctx, const struct lb4_
 	fkey.flags = NAT_DIR_FWD;
 	if (bpf_map_update_elem(&apiary_lb4_nat, &fkey, &fwd, BPF_ANY) < 0)
 		return DROP_NAT_NO_MAPPING;
+	send_nat_notify(ctx, t, pkt->tcp_flags, backend->address, backend->port);
 	return lb4_nat_forward(ctx, pkt, &fwd, ifindex);
 }
 

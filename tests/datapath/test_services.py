@@ -26,6 +26,7 @@ from apiary.errors import UserError
 from tests.helpers.cgroups import scratch_cgroups
 
 from .test_datapath import HERE, ip_of
+from .test_events import Recorder, matching
 from .topology import PODS, UNDERLAY, WORLD, loaded
 
 PROBE = os.path.join(HERE, "svc_probe.py")
@@ -329,6 +330,17 @@ def test_nodeport_to_a_remote_backend_is_snated_and_replies_are_translated(env):
         udp = env.udp("world", UNDERLAY[node], 30081, 5)
         assert served_by(udp) == {"n2b": 5}, udp
         assert {r["source"] for r in udp} == {"%s:30081" % UNDERLAY[node]}
+
+
+def test_nodeport_translation_is_reported_with_the_frontend(env):
+    """The observer hears of a new NodePort connection with the client, the backend and the frontend."""
+    with Recorder(env.topo, "n1") as rec:
+        assert served_by(env.tcp("world", UNDERLAY["n1"], 30081, 1)) == {"n2b": 1}
+        found = rec.settle()
+    nat = matching(found, type="trace", observation_point="from-network", src_ip=WORLD, dst_ip=ip_of("n2b"),
+                   orig_ip=UNDERLAY["n1"], orig_port=30081)
+    assert len(nat) == 1 and nat[0]["tcp_flags"] == ["SYN"] and nat[0]["dst_port"] == PORT, found
+    assert (nat[0]["src_identity"], nat[0]["dst_identity"]) == (2, PODS["n2b"][3])
 
 
 def test_external_traffic_policy_local_keeps_the_source_and_refuses_other_nodes(env):

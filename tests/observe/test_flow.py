@@ -97,3 +97,21 @@ def test_monitor_lines_read_like_cilium_monitor():
     assert printer.monitor_line(event()).startswith("-> endpoint 202 flow 0x0 , identity 12345->23456 state new")
     assert printer.monitor_line(event(type="policy-verdict", event_type=5)).startswith(
         "Policy verdict log: flow 0x0 local EP ID 202, remote ID 12345, proto 6, ingress, action allow")
+
+
+def test_a_nodeport_translation_names_its_service(lookup):
+    """A trace from the network whose frontend (orig) is a Service: the flow goes to the backend pod and
+    names the Service, in the dict and in the encoded line alike."""
+    import json
+
+    from apiary.observe.flow import Converter
+
+    nat = event(type="trace", event_type=4, sub_type=10, observation_point="from-network", src_ip="1.2.3.4",
+                src_identity=2, orig_ip="10.96.0.50", orig_port=80, tcp_flags=["SYN"])
+    flow = to_flow(nat, "node2", lookup)
+    assert flow["destination"]["pod_name"] == "frontend-6d8f9c-abcde"
+    assert flow["destination_service"] == {"name": "frontend", "namespace": NS}
+    converter = Converter("node2", lookup)
+    assert json.loads(converter.line(nat))["flow"] == flow == converter.flow(nat)
+    plain = to_flow(event(type="trace", event_type=4, sub_type=10, src_ip="1.2.3.4", src_identity=2), "node2", lookup)
+    assert "destination_service" not in plain
