@@ -20,7 +20,6 @@ from tests.observe.conftest import drop, event, in_netns, make_lookup
 
 pytestmark = [pytest.mark.lab, requires_etcd]
 SRC = os.path.join(os.path.dirname(__file__), "..", "..", "runtime", "src")
-T0 = time.time() - 100
 
 
 @pytest.fixture
@@ -32,8 +31,9 @@ def cluster(scratch_ns, pki, tmp_path):
         for name, ip in (("node1", "127.0.0.2"), ("node2", "127.0.0.3"), ("node3", "127.0.0.4")):
             netns.call_in(scratch_ns, store.put, "/apiary/nodes/" + name, json.dumps({"name": name, "ip": ip}))
         obs = {name: Observer(capacity=100, node_name=name, lookup=make_lookup()) for name in ("node1", "node2")}
+        t0 = time.time() - 100  # at setup, not at import: `--since 5m` below is relative to now
         for n in range(10):     # interleaved in time: node1 even seconds, node2 odd
-            obs["node%d" % (n % 2 + 1)].add((drop if n == 9 else event)(time=T0 + n, src_port=1000 + n))
+            obs["node%d" % (n % 2 + 1)].add((drop if n == 9 else event)(time=t0 + n, src_port=1000 + n))
         servers = [in_netns(scratch_ns, lambda n=n, ip=ip: server.FlowServer(obs[n], ip, port, tls=pki["server"]))
                    .start() for n, ip in (("node1", "127.0.0.2"), ("node2", "127.0.0.3"))]
         sock = str(tmp_path / "relay" / "hubble-relay.sock")
