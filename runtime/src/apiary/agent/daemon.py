@@ -107,9 +107,13 @@ class Agent:
             signal.signal(sig, lambda *_: self.stop.set())
         self.setup()
         threading.Thread(target=self.sync.run, args=(self.stop,), name="store-sync", daemon=True).start()
+        began = time.monotonic()
         self.sync.synced.wait(30)
+        log.info("store synced in %.1f s", time.monotonic() - began)
         if self.hubble_settings.enabled:
+            began = time.monotonic()
             self.hubble = Hubble(self, self.hubble_settings).start(self.metrics)
+            log.info("hubble started in %.1f s", time.monotonic() - began)
         else:
             events.set_enabled(self.config.pin_dir, False)  # nobody reads them: no event work in the datapath
         server = api.serve(self.config.socket_path, self)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from apiary.observe.flow import DROP_REASONS  # Hubble's DropReason enum names
+from apiary.observe.server import HttpServer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -284,8 +285,7 @@ class MetricsServer:
             def log_message(self, *args):  # scrapes every few seconds: no access log
                 pass
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = HttpServer((host, port), Handler)
         self.address = self.httpd.server_address
         self.thread = None
 

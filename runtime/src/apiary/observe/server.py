@@ -219,9 +219,19 @@ def make_handler(backend, write_timeout: float = 10.0, extra=None):
 
 
 # --- servers -------------------------------------------------------------------------------------
-class _TCPServer(ThreadingHTTPServer):
+class HttpServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer without its reverse DNS lookup of the listening address when it binds
+    (socket.getfqdn): on a node whose resolver does not answer that is seconds of timeouts per server.
+    The flow server, the relay, the metrics and the page all listen through it."""
     daemon_threads = True
     allow_reuse_address = True
+
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+class _TCPServer(HttpServer):
 
     def __init__(self, address, handler, tls=None):
         self.tls_context = server_context(tls) if tls else None

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from apiary.observe import servicemap
+from apiary.observe.server import HttpServer
 
 MAX_LAST = 10000
 
@@ -274,7 +275,7 @@ def touching(flows: list, namespace: str | None, last: int | None) -> list:
 
 
 class UIServer:
-    """The page and its API over HTTP on host:port (ThreadingHTTPServer)."""
+    """The page and its API over HTTP on host:port (apiary.observe.server.HttpServer)."""
 
     def __init__(self, host: str, port: int, flows_for, namespaces):
         class Handler(BaseHTTPRequestHandler):
@@ -293,8 +294,7 @@ class UIServer:
             def log_message(self, *args):  # the page polls every 2 s: no access log
                 pass
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = HttpServer((host, port), Handler)
         self.address = self.httpd.server_address
         self.thread = None
 
