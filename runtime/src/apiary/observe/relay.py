@@ -28,6 +28,7 @@ from apiary.store.etcd import EtcdClient
 log = logging.getLogger("apiary.observe.relay")
 
 NODES_PREFIX = "/apiary/nodes/"
+QUERY_FRESHNESS = 2.0  # seconds
 DEFAULT_SOCKET = "/var/run/apiary/hubble-relay.sock"
 UI_RECENT = 2000            # flows the UI's service map is drawn from
 
@@ -125,8 +126,10 @@ class Relay:
         return self.peers()
 
     def peers(self) -> list:
+        """The nodes to ask: read again when older than QUERY_FRESHNESS (one etcd read), so a query
+        right after a node joined asks it too."""
         with self._lock:
-            stale = time.monotonic() - self._discovered > self.discovery_interval
+            stale = time.monotonic() - self._discovered > min(self.discovery_interval, QUERY_FRESHNESS)
         if stale:
             return self.discover()
         with self._lock:
