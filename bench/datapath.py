@@ -71,6 +71,17 @@ def progress(quiet: bool = False):
     return log
 
 
+def close_stack(stack) -> None:
+    """Undo everything a bench set up (a contextlib.ExitStack); a second Ctrl-C must not cut the
+    clean-up short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stack.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def guarded(name: str, work):
     """(work(), 0) under the benches' exit rules: (None, 130) when interrupted (Ctrl-C or SIGTERM; the
     work's own cleanup runs), (None, 1) when it could not run. Never a verdict on the numbers."""
@@ -306,13 +317,7 @@ def run_bench(modes: list[str], seconds: int, rounds: int, objects_dir: str | No
                 log("%s: round %d/%d done" % (mode, rnd + 1, rounds))
             results += summarize(mode, runs)
     finally:
-        # A second Ctrl-C must not cut the clean-up short.
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            stack.close()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        close_stack(stack)
     return {"benchmark": "datapath", "seconds_per_run": seconds, "rounds": rounds, "modes": modes,
             "latency_tool": "sockperf ping-pong --tcp -m %d --full-rtt (round trip)" % MESSAGE_SIZE,
             "throughput_tool": "iperf3 -P 1 (TCP, one stream)", "client": CLIENT,

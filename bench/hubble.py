@@ -367,16 +367,6 @@ def _check_tools() -> None:
         raise base.BenchError("missing %s (scripts/bootstrap.sh installs them)" % ", ".join(missing))
 
 
-def _close(stack: contextlib.ExitStack) -> None:
-    """Undo everything; a second Ctrl-C must not cut the clean-up short."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        stack.close()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 # --- flows -------------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, topo: Topology, flood: str, cpus, log):
@@ -647,7 +637,7 @@ def run_bench(parts: set, rates: list, seconds: float, rounds: int, cpus, log) -
             agents.append(agent2)
             report["connect"] = connect_part(topo, connrate, agents, seconds, rounds, cpus, log)
     finally:
-        _close(stack)
+        base.close_stack(stack)
     report["cpu_us_per_event"] = cpu_costs()
     return report
 

@@ -41,7 +41,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -280,16 +279,6 @@ def _setns(path: str) -> None:
     os.close(fd)
 
 
-def _close(stack: contextlib.ExitStack) -> None:
-    """Undo everything; a second Ctrl-C must not cut the clean-up short."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        stack.close()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _check_tools() -> None:
     if os.geteuid() != 0:
         raise base.BenchError("run as root: the bench creates network namespaces, a cgroup and loads BPF programs")
@@ -348,7 +337,7 @@ def in_namespaces(sizes: list, seconds: float, rounds: int, changes: int, parts:
                 log("%d services: one change kube-proxy p50 %.2f ms, apiary p50 %.3f ms" % (
                     size, row["program_ms"]["kube-proxy"]["p50"], row["program_ms"]["apiary"]["p50"]))
     finally:
-        _close(stack)
+        base.close_stack(stack)
     return {"sizes": results, "removed": made}
 
 
@@ -464,7 +453,7 @@ def end_to_end(sizes: list, changes: int, log) -> dict:
                 "%.1f ms, p99 %.1f ms" % (size, out["write_seconds"], out["all_in_maps_seconds"],
                                            results[size]["p50"], results[size]["p99"]))
     finally:
-        _close(stack)
+        base.close_stack(stack)
     return results
 
 
