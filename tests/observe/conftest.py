@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import threading
 
 import pytest
 
@@ -55,26 +54,7 @@ def lookup():
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (ip netns)")
 
 
-def in_netns(name: str, func, *args):
-    """Run func(*args) in a thread that entered namespace `name` (sockets it creates live there; the
-    process's other threads stay where they are). Returns its result, re-raises its exception."""
-    result = {}
-
-    def run():
-        try:
-            netns.enter(name)
-            result["value"] = func(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(60)
-    if thread.is_alive():
-        raise TimeoutError("%s did not finish in 60 s" % getattr(func, "__name__", func))
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")
+in_netns = netns.call_in_thread  # a thread in a scratch namespace (servers and clients of the tests)
 
 
 @pytest.fixture

@@ -67,25 +67,36 @@ def call_in(name: str, func, *args):
     return value
 
 
+def call_in_thread(name: str, func, *args, timeout: float = 60.0):
+    """Run func(*args) in a thread of this process that entered namespace `name` (sockets it creates
+    live there; the other threads stay where they are). Returns its result, re-raises its exception.
+    Cheaper than call_in (no fork), and the result need not be picklable."""
+    result = {}
+
+    def run():
+        try:
+            enter(name)
+            result["value"] = func(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, name="in-netns", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError("%s did not finish in %s s" % (getattr(func, "__name__", func), timeout))
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
 SO_NETNS_COOKIE = 71
 
 
 def cookie(name: str) -> int:
     """The kernel's cookie of network namespace `name` (what BPF's bpf_get_netns_cookie() returns for its
-    sockets). Read by a thread of its own that enters the namespace: the caller stays where it is."""
-    result = {}
-
+    sockets), read from a socket made inside it."""
     def read():
-        try:
-            enter(name)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                result["cookie"] = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
-        except OSError as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=read, name="netns-cookie")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["cookie"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+    return call_in_thread(name, read)
