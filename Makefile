@@ -19,7 +19,7 @@ RUNTIME_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' runtime/pyproject
 RUNTIME_WHEEL := build/runtime/apiary-$(RUNTIME_VERSION)-py3-none-any.whl
 RUNTIME_SOURCES := runtime/pyproject.toml $(shell find runtime/src -name '*.py')
 
-.PHONY: artifacts bpf runtime clean
+.PHONY: artifacts bpf runtime clean upstream
 artifacts: bpf runtime
 
 bpf: $(BPF_OBJECTS) | $(BPF_OUT)
@@ -37,5 +37,18 @@ $(RUNTIME_WHEEL): $(RUNTIME_SOURCES)
 	rm -rf runtime/build runtime/src/apiary.egg-info
 	@touch $@
 
+# Kubernetes, etcd, containerd and runc from the Go module proxy into the lab's files_repo
+# (scripts/build-upstream.py; APIARY_FILES_REPO, default /var/cache/apiary/files).
+upstream:
+	$(PYTHON) scripts/build-upstream.py
+
 clean:
 	rm -rf build
+
+# The lab's pod images (nginx, busybox, netshoot, pause) from Debian's packages, one OCI layout (lab/images.py).
+# Built again when the builder or the machine's installed packages (dpkg's status) change.
+.PHONY: lab-images
+lab-images: build/images/index.json
+build/images/index.json: lab/images.py lab/pause.c /var/lib/dpkg/status
+	$(PYTHON) -m lab.images --out build/images
+	@touch $@

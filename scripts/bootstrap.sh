@@ -13,6 +13,10 @@ DEBIAN_PACKAGES=(
   etcd-server etcd-client containernetworking-plugins nginx-light busybox-static curl iputils-ping
   iptables ipset nftables
   git
+  # build the upstream components (Kubernetes, etcd, containerd, runc) from the Go module proxy
+  libseccomp-dev libseccomp2 python3-kubernetes
+  # the lab's pod images (lab/images.py): pause is compiled, the rest are these packages' files
+  gcc libc6-dev netbase bash ca-certificates bind9-dnsutils netcat-openbsd socat tcpdump procps
   iperf3 sockperf  # bench/datapath.py's load generators
   prometheus chromium  # tests: scrape the Hubble metrics, render the Hubble page headless
 )
@@ -54,3 +58,8 @@ fi
 
 echo "bootstrap: building BPF objects"
 make -s artifacts
+# Go comes with the machine (/usr/local/go); a non-login shell may not have it on PATH.
+command -v go >/dev/null 2>&1 || export PATH="$PATH:/usr/local/go/bin"
+# Kubernetes, etcd, containerd and runc, pinned in roles/apiary_defaults/defaults/main/download.yml,
+# built once into the lab's files_repo (about 10 minutes on a fresh machine, seconds when cached).
+make -s upstream
