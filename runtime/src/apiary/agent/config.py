@@ -30,6 +30,19 @@ class AgentConfig:
     dns_address: str | None = None  # the node-local DNS address the agent serves Service names on
     lb_algorithm: str = "random"
     maglev_table_size: int = 16381
+    # etcd's CA and this node's client certificate (https:// endpoints; etcd requires client certificates)
+    etcd_ca_file: str | None = None
+    etcd_cert_file: str | None = None
+    etcd_key_file: str | None = None
+    # Kubernetes objects (pods, namespaces, Services, policies) come from the API server this kubeconfig
+    # reaches (agent/kubernetes.py); without it they come from the store, as the lab writes them.
+    kubeconfig: str | None = None
+
+    def etcd_client(self):
+        from apiary.store.etcd import EtcdClient
+
+        return EtcdClient(self.etcd_endpoints, ca_file=self.etcd_ca_file, cert_file=self.etcd_cert_file,
+                          key_file=self.etcd_key_file)
 
     @property
     def socket_path(self) -> str:
@@ -67,6 +80,8 @@ class AgentConfig:
             ipaddress.ip_address(self.node_ip)
         except ValueError as exc:
             raise UserError("%s: %s" % (where, exc)) from exc
+        if self.kubeconfig is not None and not (isinstance(self.kubeconfig, str) and self.kubeconfig.startswith("/")):
+            raise UserError("%s: kubeconfig: %r is not an absolute path" % (where, self.kubeconfig))
         if not pool.prefixlen < int(self.cluster_pool_ipv4_mask_size) <= 30:
             raise UserError("%s: cluster_pool_ipv4_mask_size: %s does not fit in %s"
                             % (where, self.cluster_pool_ipv4_mask_size, pool))

@@ -7,6 +7,10 @@
 4. start the store sync (ipcache, routes, policy and services as differences against the current maps)
    and the API.
 
+With `kubeconfig` in the config (kubeconfig mode), pods, namespaces, Services and policies come from
+the Kubernetes API (agent/kubernetes.py) instead of the store; identities, the ipcache and the nodes
+stay in the store (docs/kubernetes-api.md).
+
 When the agent stops or is killed, the datapath keeps forwarding with what the maps hold.
 """
 from __future__ import annotations
@@ -26,13 +30,13 @@ from apiary.agent.hubble import Hubble, HubbleSettings
 from apiary.agent.dns import DnsServer
 from apiary.agent.datapath import Datapath
 from apiary.agent.endpoints import EndpointError, EndpointManager
-from apiary.agent.policy import PolicyManager
+from apiary.agent.kubernetes import SOURCE as KUBERNETES, KubernetesSource
+from apiary.agent.policy import IDENTITIES_PART, OBJECTS_PART, PolicyManager
 from apiary.agent.services import ServiceManager
 from apiary.agent.sync import StoreSync
 from apiary.datapath import lb
 from apiary.observe import events
 from apiary.observe.metrics import AgentMetrics
-from apiary.store.etcd import EtcdClient
 
 log = logging.getLogger("apiary.agent")
 
@@ -50,6 +54,7 @@ class Agent:
         self.sync = None
         self.policy = None
         self.services = None
+        self.kubernetes = None  # KubernetesSource, in kubeconfig mode
         self.dns = None
         self.hubble = None
         self.metrics = None
@@ -61,7 +66,7 @@ class Agent:
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         self.hubble_settings = HubbleSettings.load(cfg.state_dir)  # a bad file stops the agent here
         self.datapath = Datapath(cfg.pin_dir, cfg.uplink)
-        self.store = EtcdClient(cfg.etcd_endpoints)
+        self.store = cfg.etcd_client()
         self._wait_for_store()
         cidr = ipam.claim_node_cidr(self.store, cfg.node_name, cfg.cluster_pool_ipv4_cidr,
                                     cfg.cluster_pool_ipv4_mask_size)
@@ -73,19 +78,27 @@ class Agent:
         state.write(os.path.join(cfg.state_dir, "agent-node.json"), self.node)
         self.ipam = ipam.PodIpam(cidr, os.path.join(cfg.state_dir, "ipam"))
         self.sync = StoreSync(cfg, self.store, self.datapath, self.node)
-        self.policy = PolicyManager(self.datapath, self.sync)
+        # In kubeconfig mode the store still brings the identities, the API the objects.
+        sources = {"store": (IDENTITIES_PART,), KUBERNETES: (OBJECTS_PART,)} if cfg.kubeconfig else None
+        self.policy = PolicyManager(self.datapath, self.sync, sources)
         self.policy.first_sync()
         self.sync.policy = self.policy
         self.services = ServiceManager(lb.LoadBalancer(cfg.pin_dir, cfg.lb_algorithm, cfg.maglev_table_size,
                                                        node_address=cfg.node_ip), cfg.node_name, cfg.node_ip)
-        self.sync.services = self.services
+        if cfg.kubeconfig:
+            self.kubernetes = KubernetesSource(cfg, self.policy, self.services, self.hubble_settings.enabled)
+        else:
+            self.sync.services = self.services
         self.metrics = AgentMetrics(self.datapath, lambda: len(self.endpoints.list()))
         self.policy.metrics, self.services.metrics = self.metrics.policy_delay, self.metrics.service_delay
         if cfg.dns_address:
             # Kubespray's nodelocaldns address: an address of every node, named in the pods' resolv.conf.
             ip.run(["addr", "replace", "%s/32" % cfg.dns_address, "dev", "lo"])
             self.dns = DnsServer(cfg.dns_address, self.services.cluster_ip).start()
-        self.endpoints = EndpointManager(cfg, self.store, self.datapath, cfg.node_ip, self.policy)
+        self.endpoints = EndpointManager(cfg, self.store, self.datapath, cfg.node_ip, self.policy,
+                                         labels=self.kubernetes)
+        if self.kubernetes is not None:
+            self.kubernetes.endpoints = self.endpoints
         self.restored = self.endpoints.restore()
         log.info("node %s: pod CIDR %s, router %s, %d endpoint(s) restored, %d removed", cfg.node_name, cidr,
                  self.node["router_ip"], len(self.restored["restored"]), len(self.restored["removed"]))
@@ -107,9 +120,16 @@ class Agent:
             signal.signal(sig, lambda *_: self.stop.set())
         self.setup()
         threading.Thread(target=self.sync.run, args=(self.stop,), name="store-sync", daemon=True).start()
+        if self.kubernetes is not None:
+            self.kubernetes.start(self.stop)
         began = time.monotonic()
         self.sync.synced.wait(30)
         log.info("store synced in %.1f s", time.monotonic() - began)
+        if self.kubernetes is not None:
+            # Endpoints made before the objects are read get no policy entries: they send nothing yet.
+            synced = self.kubernetes.synced.wait(max(0.0, 30 - (time.monotonic() - began)))
+            log.info("kubernetes %s after %.1f s", "synced" if synced else "not synced yet",
+                     time.monotonic() - began)
         if self.hubble_settings.enabled:
             began = time.monotonic()
             self.hubble = Hubble(self, self.hubble_settings).start(self.metrics)
@@ -124,6 +144,8 @@ class Agent:
         server.server_close()
         if self.hubble is not None:
             self.hubble.stop()
+        if self.kubernetes is not None:
+            self.kubernetes.stop()
         return 0
 
     # --- API operations ------------------------------------------------------------------
@@ -137,7 +159,8 @@ class Agent:
         return {
             "node": cfg.node_name, "node_ip": cfg.node_ip, "hostname": socket.gethostname(),
             "kvstore": kvstore,
-            "kubernetes": {"state": "Disabled", "message": "objects come from the store (lab)"},
+            "kubernetes": self.kubernetes.status() if self.kubernetes is not None else
+            {"state": "Disabled", "message": "objects come from the store (lab)"},
             "routing_mode": cfg.routing_mode, "tunnel_protocol": "vxlan" if cfg.routing_mode == "tunnel" else None,
             "pod_cidr": self.node["pod_cidr"], "router_ip": self.node["router_ip"],
             "ipam": {"allocated": len(self.ipam.list()), "capacity": self.ipam.capacity, "cidr": self.node["pod_cidr"]},
@@ -195,11 +218,14 @@ class Agent:
                 "results": results, "revision": self.policy.revision, "enforced": enforced}
 
     def policy_import(self, body: dict) -> dict:
-        """Validate every object, then store them (nothing is stored when one is bad)."""
+        """Validate every object, then store them (nothing is stored when one is bad); in kubeconfig
+        mode they are written to the Kubernetes API instead."""
         from apiary.lab import objects as lab_objects
         from apiary.lab.store import ObjectStore, last_applied
 
         check = bool(body.get("check"))
+        if self.kubernetes is not None:
+            return self._kubernetes_policy_change(self._policy_documents(body, check_all=True), check, delete=False)
         store, results, revision = ObjectStore(self.store), [], 0
         for obj in self._policy_documents(body, check_all=True):
             action, before, _, rev = store.apply(obj, check=check)
@@ -212,6 +238,8 @@ class Agent:
         from apiary.lab.store import key
 
         check = bool(body.get("check"))
+        if self.kubernetes is not None:
+            return self._kubernetes_policy_change(self._policy_documents(body, check_all=False), check, delete=True)
         results, revision = [], 0
         for kind, namespace, name in self._policy_documents(body, check_all=False):
             store_key = key(kind, namespace, name)
@@ -223,6 +251,27 @@ class Agent:
                 self.store.delete(store_key)
                 revision = max(revision, self.store.status().get("revision", 0))
         return self._policy_result(results, revision, check)
+
+    def _kubernetes_policy_change(self, found: list, check: bool, delete: bool) -> dict:
+        """Policies written to (or deleted from) the Kubernetes API; returns once this node's datapath
+        has what was written (at most 10 s)."""
+        from apiary.lab import objects as lab_objects
+
+        results, versions = [], {}
+        for item in found:
+            if delete:
+                kind, namespace, name = item
+                action, before, key = self.kubernetes.delete_policy(kind, namespace, name, check)
+                who, after, version = "%s %s" % (kind, "%s/%s" % (namespace, name) if namespace else name), None, None
+            else:
+                action, before, key, version = self.kubernetes.apply_policy(item, check)
+                who, after = lab_objects.describe(item), item
+            results.append({"object": who, "action": action, "before": before, "after": after})
+            if action in ("created", "configured", "deleted") and not check:
+                versions[key] = version
+        enforced = self.kubernetes.wait_policies(versions, timeout=10.0) if versions else True
+        return {"changed": any(r["action"] not in ("unchanged", "not found") for r in results),
+                "results": results, "revision": self.policy.revision, "enforced": enforced}
 
     def endpoint_summaries(self) -> list:
         return [self.endpoint_summary(ep.id) for ep in self.endpoints.list()]

@@ -1,9 +1,10 @@
-"""The agent's policy repository: every policy object of the cluster (from the store) turned into the
-apiary_policy entries of this node's endpoints.
+"""The agent's policy repository: every policy object of the cluster (from the store, or from the
+Kubernetes API in kubeconfig mode) turned into the apiary_policy entries of this node's endpoints.
 
 - The objects are CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and NetworkPolicy under
   /apiary/objects/<plural>/ (written by `apiary lab apply`, `apiary policy import` or the
-  network_policy module, all of which validate first). apiary.policy translates them to Cilium's
+  network_policy module, all of which validate first; in kubeconfig mode the Kubernetes source
+  passes the API's objects under the same keys). apiary.policy translates them to Cilium's
   rules and computes an endpoint's entries from its labels and the identities the cluster knows.
 - Identities: the reserved ones, every allocated one (/apiary/identities/id/), and node-local CIDR
   identities (from 2**24, as Cilium's local scope) for the CIDRs the rules name; those are put in
@@ -14,6 +15,11 @@ apiary_policy entries of this node's endpoints.
   written, new ones before stale ones are removed. Counters of unchanged entries are kept.
 - Until the first full read of the store, nothing is written: a restarted agent leaves the map as it
   is (the datapath keeps enforcing the last policy) and starts from what the map holds.
+- Sources: in store mode the store holds everything. In kubeconfig mode the objects (policies, pods)
+  come from the Kubernetes API (agent/kubernetes.py, source "kubernetes") and the identities from the
+  store: each source's full read replaces only its part, nothing is written until every source has
+  been read once, and each source's revisions are counted apart (an etcd revision and a count of
+  Kubernetes events cannot be compared).
 """
 from __future__ import annotations
 
@@ -32,11 +38,27 @@ OBJECTS = "/apiary/objects/"
 POLICY_PREFIXES = {"%s%s/" % (OBJECTS, plural): kind for kind, (_, plural, _) in policy_lib.KINDS.items()}
 PODS = OBJECTS + "pods/"
 CIDR_IDENTITY_BASE = 1 << 24
+OBJECTS_PART, IDENTITIES_PART = "objects", "identities"
+STORE_ONLY = {"store": (OBJECTS_PART, IDENTITIES_PART)}
 PROTOCOLS = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
 
 
 def is_policy_key(key: str) -> bool:
     return any(key.startswith(prefix) for prefix in POLICY_PREFIXES)
+
+
+def _part(key: str) -> str | None:
+    """Which part of the repository a key feeds: policies and pods are objects."""
+    if is_policy_key(key) or key.startswith(PODS):
+        return OBJECTS_PART
+    if key.startswith(identities.ID_PREFIX):
+        return IDENTITIES_PART
+    return None
+
+
+def decode(value):
+    """A value as the store has it (JSON text) or as the Kubernetes source passes it (a dict)."""
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 def _container_ports(pod: dict) -> dict:
@@ -56,9 +78,12 @@ def entry_key(row: dict) -> tuple:
 
 
 class PolicyManager:
-    def __init__(self, datapath, sync=None):
+    def __init__(self, datapath, sync=None, sources=None):
         self.datapath = datapath  # apiary.agent.datapath.Datapath
         self.sync = sync  # StoreSync: takes the CIDR identities into the ipcache
+        # Source name -> the parts its full read replaces (module docstring).
+        self.sources = dict(sources or STORE_ONLY)
+        self.loaded_sources: set = set()
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.policies: dict[str, list] = {}  # store key -> rules
@@ -69,7 +94,9 @@ class PolicyManager:
         self.applied: dict[int, dict] = {}  # lxc id -> {entry key: deny}
         self.computed: dict[int, object] = {}  # lxc id -> EndpointPolicy
         self.revision = 1  # Cilium's policy revision: +1 per change of the rules
-        self.store_revision = 0  # the last store revision whose events were handled
+        # Source -> the last revision of it whose events were handled: the store's etcd revision, the
+        # Kubernetes source's count of applied events (agent/kubernetes.py).
+        self.revisions = {name: 0 for name in self.sources}
         self.loaded = False
         # Something with observe(seconds) (apiary.observe.metrics.AgentMetrics.policy_delay), or None.
         self.metrics = None
@@ -107,19 +134,26 @@ class PolicyManager:
         return changed
 
     # --- the store ----------------------------------------------------------------------------
-    def load(self, kvs: list, revision: int) -> None:
-        """Everything under /apiary/ after a full read (start, or a broken watch)."""
+    def load(self, kvs: list, revision: int, source: str = "store") -> None:
+        """A full read of one source (start, or a broken watch): the parts it owns are replaced."""
+        parts = self.sources[source]
         with self.lock:
             policies, ids, pods = {}, {}, {}
             for kv in kvs:
-                self._absorb(kv.key, kv.value, policies, ids, pods)
-            if policies != self.policies:
-                self.revision += 1
-            self.policies, self.cluster_identities, self.pod_ports = policies, ids, pods
-            self.loaded = True
+                if _part(kv.key) in parts:
+                    self._absorb(kv.key, kv.value, policies, ids, pods)
+            if OBJECTS_PART in parts:
+                if policies != self.policies:
+                    self.revision += 1
+                self.policies, self.pod_ports = policies, pods
+            if IDENTITIES_PART in parts:
+                self.cluster_identities = ids
+            self.loaded_sources.add(source)
+            self.loaded = self.loaded_sources == set(self.sources)
             self._update_cidr_identities()
-            self.regenerate()
-            self.store_revision = revision
+            if self.loaded:
+                self.regenerate()
+            self.revisions[source] = revision
             self.changed.notify_all()
 
     @staticmethod
@@ -130,7 +164,7 @@ class PolicyManager:
                 policies.pop(key, None)
             else:
                 try:
-                    policies[key] = policy_lib.to_rules(json.loads(value))
+                    policies[key] = policy_lib.to_rules(decode(value))
                 except Exception as exc:  # noqa: BLE001 - one bad object must not stop the rest
                     log.error("policy %s: not valid, ignored (the previous version, if any, is dropped): %s",
                               key, exc)
@@ -141,11 +175,11 @@ class PolicyManager:
             if value is None:
                 ids.pop(ident, None)
             else:
-                ids[ident] = json.loads(value)["labels"]
+                ids[ident] = decode(value)["labels"]
             return True
         if key.startswith(PODS):
             namespace, name = key[len(PODS):].split("/", 1)
-            ports = _container_ports(json.loads(value)) if value is not None else {}
+            ports = _container_ports(decode(value)) if value is not None else {}
             if ports:
                 pods[(namespace, name)] = ports
             else:
@@ -153,8 +187,10 @@ class PolicyManager:
             return True
         return False
 
-    def handle(self, key: str, value: str | None, revision: int) -> bool:
-        """One store event; True when it was one of ours."""
+    def handle(self, key: str, value, revision: int, source: str = "store") -> bool:
+        """One event of a source (value: JSON text or a dict; None: deleted); True when it was one of ours."""
+        if _part(key) not in self.sources[source]:
+            return False  # e.g. the lab's objects in the store while objects come from the Kubernetes API
         arrived = time.monotonic()
         with self.lock:
             before_policies = self.policies.get(key)
@@ -175,14 +211,14 @@ class PolicyManager:
             if policy_changed and self.loaded and self.metrics is not None:
                 # Cilium's policy_implementation_delay: the change arrived -> the datapath has it.
                 self.metrics.observe(time.monotonic() - arrived)
-            self.store_revision = max(self.store_revision, revision)
+            self.revisions[source] = max(self.revisions[source], revision)
             self.changed.notify_all()
             return True
 
-    def wait_for(self, revision: int, timeout: float) -> bool:
-        """Block until the store events up to `revision` are in the datapath."""
+    def wait_for(self, revision: int, timeout: float, source: str = "store") -> bool:
+        """Block until the source's events up to `revision` are in the datapath."""
         with self.lock:
-            return self.changed.wait_for(lambda: self.store_revision >= revision, timeout)
+            return self.changed.wait_for(lambda: self.revisions[source] >= revision, timeout)
 
     # --- endpoints ----------------------------------------------------------------------------
     def first_sync(self) -> None:
@@ -193,7 +229,8 @@ class PolicyManager:
                 self.applied.setdefault(row["lxc_id"], {})[entry_key(row)] = row["deny"]
 
     def endpoint_added(self, ep) -> None:
-        """Before the endpoint is in apiary_lxc: its entries are written first (fail closed)."""
+        """Before the endpoint is in apiary_lxc: its entries are written first (fail closed). Also when
+        its labels changed: the entries of the new labels are written, then the stale ones removed."""
         with self.lock:
             self.endpoints[ep.id] = ep
             if self.loaded:

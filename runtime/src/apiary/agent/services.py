@@ -1,13 +1,17 @@
-"""The agent's service cache: every Service of the cluster and the pods they select (from the store),
+"""The agent's service cache: every Service of the cluster and the pods they select (from the store,
+or from the Kubernetes API in kubeconfig mode: agent/kubernetes.py passes them under the same keys),
 turned into this node's load-balancing maps (apiary.datapath.lb), as Cilium's ServiceCache and
 service manager do.
 
 - A Service gives one frontend per port and address (ClusterIP; this node's IP for a NodePort; the
   LoadBalancer IP; each external IP), with the Running pods it selects as backends (their targetPort,
-  numeric or named). apiary.service holds that translation.
+  numeric or named). apiary.service holds that translation. As an EndpointSlice would, a pod that is
+  terminating (deletionTimestamp) or whose Ready condition is not True is no backend.
 - Changes are incremental: a Service event reprograms that Service's frontends; a pod event only the
   Services of its namespace whose selector matches the pod before or after the event. A frontend
   whose backends and settings did not change is not written at all.
+- Revisions (`store_revision`): the last event's etcd revision, or in kubeconfig mode the Kubernetes
+  source's count of applied events.
 - IDs are this node's: a frontend ID (its reverse-NAT index, 1..65535) and a backend ID per pod
   address and port, both read back from the maps when the agent restarts so running connections
   keep their reverse NAT.
@@ -32,6 +36,20 @@ MAX_SERVICE_ID = 0xFFFF
 
 def _frontend_key(frontend: lb.Frontend) -> str:
     return str(frontend)
+
+
+def _decode(value):
+    """JSON text (the store) or a dict (the Kubernetes source)."""
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def serving(pod: dict) -> bool:
+    """Whether a pod may take new connections: not terminating, and Ready when it says (as the
+    EndpointSlice controller decides an endpoint's `ready`)."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    ready = [c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"]
+    return not ready or ready[0].get("status") == "True"
 
 
 def _namespace(key: str) -> str:
@@ -77,13 +95,16 @@ class ServiceManager:
             self.services, self.pods = collections.defaultdict(dict), collections.defaultdict(dict)
             for kv in kvs:
                 if self.is_ours(kv.key):
-                    self._store(kv.key)[kv.key] = json.loads(kv.value)
+                    self._store(kv.key)[kv.key] = _decode(kv.value)
             for key in list(self.programmed):
                 if key not in self._store(key):
                     self._program(key, None)
             for namespace in list(self.services):
                 for key, svc in list(self.services[namespace].items()):
-                    self._program(key, svc)
+                    try:
+                        self._program(key, svc)
+                    except Exception:  # noqa: BLE001 - one Service the datapath cannot take must not stop the others
+                        log.exception("%s: not programmed", key)
             for stale in self.stale:  # frontends of Services deleted while the agent was down
                 address, rest = stale.rsplit(":", 1)
                 port, protocol = rest.split("/")
@@ -95,8 +116,8 @@ class ServiceManager:
             self.loaded = True
             self.store_revision = revision
 
-    def handle(self, key: str, value: str | None, revision: int) -> bool:
-        """One store event; True when it was one of ours."""
+    def handle(self, key: str, value, revision: int) -> bool:
+        """One event (value: JSON text or a dict; None: deleted); True when it was one of ours."""
         if not self.is_ours(key):
             return False
         arrived = time.monotonic()
@@ -106,7 +127,7 @@ class ServiceManager:
             if value is None:
                 objects.pop(key, None)
             else:
-                objects[key] = json.loads(value)
+                objects[key] = _decode(value)
             if self.loaded and key.startswith(SERVICES):
                 self._program(key, objects.get(key))
                 if self.metrics is not None:  # the change arrived -> the datapath serves it
@@ -129,7 +150,7 @@ class ServiceManager:
         spec = svc["spec"]
         affinity = (spec.get("sessionAffinityConfig") or {}).get("clientIP", {}).get("timeoutSeconds") \
             if spec.get("sessionAffinity") == "ClientIP" else None
-        pods = list(self.pods[svc["metadata"]["namespace"]].values())
+        pods = [pod for pod in self.pods[svc["metadata"]["namespace"]].values() if serving(pod)]
         out = {}
         for port, address, number, kind in service.service_frontends(svc, self.node_ip):
             frontend = lb.Frontend(address, number, port["protocol"], kind,

@@ -7,7 +7,9 @@ the nodes. Updates are applied as differences, so an unchanged entry is never re
 first full read (one read of /apiary/, so every part is from the same revision), the store is
 watched; when the watch breaks (etcd restarted, compacted), everything is read again. Policy
 objects, identities and pods go to the policy repository (agent/policy.py); Services and pods to the
-service cache (agent/services.py).
+service cache (agent/services.py). In kubeconfig mode those objects come from the Kubernetes API
+(agent/kubernetes.py): the policy repository takes only the identities from here, and the service
+cache nothing.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import urllib.request
 
 from apiary import netns
 from apiary.errors import UserError
+from apiary.store.etcd import tls_context
 
 DEFAULT_LAB_ROOT = "/var/lib/apiary-lab"
 
@@ -42,15 +43,17 @@ def _underlay_address(ns: str) -> str | None:
     return None
 
 
-def _etcd_healthy(ip: str) -> bool:
+def _etcd_healthy(ip: str, tls: dict) -> bool:
+    """etcd answers over TLS, to a client certificate (lab.json's etcd_tls)."""
     try:
-        with urllib.request.urlopen("http://%s:2379/health" % ip, timeout=2) as resp:
+        with urllib.request.urlopen("https://%s:2379/health" % ip, timeout=2,
+                                    context=tls_context(tls["ca_file"], tls["cert_file"], tls["key_file"])) as resp:
             return json.load(resp).get("health") in ("true", True)
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError):
         return False
 
 
-def node_status(node: dict) -> dict:
+def node_status(node: dict, etcd_tls: dict | None = None) -> dict:
     """Live status of one lab node: namespace, underlay address, its report, etcd if a member."""
     status = {
         "name": node["name"],
@@ -81,7 +84,8 @@ def node_status(node: dict) -> dict:
         status["problems"].append("bpffs pin folder %s is missing" % node.get("bpf_pin_dir"))
 
     if "etcd" in node.get("groups", []) and not status["problems"]:
-        status["etcd"] = "healthy" if netns.call_in(node["netns"], _etcd_healthy, node["ip"]) else "unhealthy"
+        healthy = netns.call_in(node["netns"], _etcd_healthy, node["ip"], etcd_tls or {})
+        status["etcd"] = "healthy" if healthy else "unhealthy"
         if status["etcd"] != "healthy":
             status["problems"].append("etcd on %s is not healthy" % node["ip"])
     else:
@@ -91,4 +95,5 @@ def node_status(node: dict) -> dict:
 
 
 def get_nodes(lab_root: str = DEFAULT_LAB_ROOT) -> list[dict]:
-    return [node_status(node) for node in load_lab(lab_root)["nodes"]]
+    lab = load_lab(lab_root)
+    return [node_status(node, lab.get("etcd_tls")) for node in lab["nodes"]]

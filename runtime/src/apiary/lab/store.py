@@ -124,4 +124,4 @@ def connect(lab: dict) -> ObjectStore:
         raise UserError("the store's node %s has no network namespace %s: is the lab up?"
                         % (node["name"], node["netns"]))
     netns.enter(node["netns"])
-    return ObjectStore(EtcdClient(endpoints))
+    return ObjectStore(EtcdClient(endpoints, **(lab.get("etcd_tls") or {})))

@@ -42,7 +42,7 @@ def load_config(path: str) -> dict:
     if not isinstance(cfg, dict):
         raise UserError("relay config %s: expected a JSON object" % path)
     defaults = {"node_name": "", "peer_port": 4244, "socket": DEFAULT_SOCKET, "listen_address": None,
-                "ui_address": None, "tls": None, "discovery_interval": 30}
+                "ui_address": None, "tls": None, "discovery_interval": 30, "etcd_tls": None}
     unknown = set(cfg) - set(defaults) - {"etcd_endpoints"}
     if unknown:
         raise UserError("relay config %s: unknown field(s) %s" % (path, ", ".join(sorted(unknown))))
@@ -55,6 +55,8 @@ def load_config(path: str) -> dict:
     for key in ("listen_address", "ui_address"):
         if cfg[key] is not None:
             split_address(cfg[key], "relay config %s: %s" % (path, key))
+    if cfg["etcd_tls"] is not None and not isinstance(cfg["etcd_tls"], dict):
+        raise UserError("relay config %s: etcd_tls: expected {ca_file, cert_file, key_file}" % path)
     if cfg["tls"] is not None:
         missing = [k for k in ("ca", "cert", "key") if not (cfg["tls"] or {}).get(k)]
         if missing:
@@ -93,8 +95,8 @@ class Relay:
     """The relay's backend for server.make_handler: flows(query), status()."""
 
     def __init__(self, etcd_endpoints, peer_port: int = 4244, tls=None, discovery_interval: float = 30,
-                 queue_size: int = 10000, timeout: float = 10.0):
-        self.store = EtcdClient(etcd_endpoints)
+                 queue_size: int = 10000, timeout: float = 10.0, etcd_tls=None):
+        self.store = EtcdClient(etcd_endpoints, **(etcd_tls or {}))
         self.peer_port = peer_port
         self.tls = tls
         self.discovery_interval = discovery_interval
@@ -276,7 +278,8 @@ def _ui_server(relay, host, port):
 
 
 def run(cfg: dict) -> int:
-    relay = Relay(cfg["etcd_endpoints"], cfg["peer_port"], cfg["tls"], cfg["discovery_interval"])
+    relay = Relay(cfg["etcd_endpoints"], cfg["peer_port"], cfg["tls"], cfg["discovery_interval"],
+                  etcd_tls=cfg["etcd_tls"])
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -13,6 +13,9 @@ says the outcome is unknown.
 An error etcd itself reports (a bad request, a missing lease) is raised at once as EtcdError,
 naming the endpoint and the operation.
 
+An https:// endpoint is reached over TLS, verified against `ca_file`, with the client certificate
+`cert_file`/`key_file` (etcd's --client-cert-auth, as the roles run it).
+
 Watches are read from a raw socket (not http.client) so that a watch can notice its stop event
 between reads, and reconnect (to the next endpoint if need be) resuming after the last revision it
 delivered.
@@ -25,6 +28,7 @@ import json
 import random
 import select
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -125,14 +129,22 @@ def _map_bytes(obj, convert):
     return obj
 
 
-def _split_endpoint(endpoint: str) -> Tuple[str, int]:
+def _split_endpoint(endpoint: str) -> Tuple[str, str, int]:
     url = endpoint if "://" in endpoint else "http://" + endpoint
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http":
-        raise ValueError("etcd endpoint %s: only http:// is supported" % endpoint)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("etcd endpoint %s: only http:// and https:// are supported" % endpoint)
     if not parts.hostname:
         raise ValueError("etcd endpoint %s: no host" % endpoint)
-    return parts.hostname, parts.port or 2379
+    return parts.scheme, parts.hostname, parts.port or 2379
+
+
+def tls_context(ca_file: Optional[str], cert_file: Optional[str], key_file: Optional[str]) -> ssl.SSLContext:
+    """A client context that verifies etcd against its CA and presents our certificate."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file)
+    return context
 
 
 def _error_text(data: bytes) -> Tuple[str, Optional[int]]:
@@ -152,13 +164,16 @@ class _Unreachable(Exception):
 
 
 class EtcdClient:
-    def __init__(self, endpoints: List[str], timeout: float = 5.0):
+    def __init__(self, endpoints: List[str], timeout: float = 5.0, ca_file: Optional[str] = None,
+                 cert_file: Optional[str] = None, key_file: Optional[str] = None):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         if not endpoints:
             raise ValueError("EtcdClient needs at least one endpoint")
         self.endpoints = list(endpoints)
         self._addrs = [_split_endpoint(e) for e in self.endpoints]
+        self._tls = tls_context(ca_file, cert_file, key_file) \
+            if any(scheme == "https" for scheme, _, _ in self._addrs) else None
         self.timeout = timeout
         self._current = 0
         self._lock = threading.Lock()
@@ -177,10 +192,13 @@ class EtcdClient:
 
     def _post_once(self, idx: int, path: str, body: dict, operation: str,
                    idempotent: bool) -> dict:
-        host, port = self._addrs[idx]
+        scheme, host, port = self._addrs[idx]
         endpoint = self.endpoints[idx]
         payload = json.dumps(body).encode()
-        conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
         try:
             try:
                 conn.connect()
@@ -375,7 +393,7 @@ class EtcdClient:
                     stop: threading.Event, operation: str):
         """One watch stream on one endpoint: yields ("revision", n) once created, then ("event",
         Event). Returns when stop is set; raises _Unreachable when the stream breaks."""
-        host, port = self._addrs[idx]
+        scheme, host, port = self._addrs[idx]
         endpoint = self.endpoints[idx]
         create = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)), "prev_kv": True,
                   "progress_notify": True}
@@ -386,6 +404,8 @@ class EtcdClient:
                    "Content-Length: %d\r\n\r\n" % (host, port, len(payload))).encode() + payload
         try:
             sock = socket.create_connection((host, port), timeout=self.timeout)
+            if scheme == "https":
+                sock = self._tls.wrap_socket(sock, server_hostname=host)
         except OSError as exc:
             raise _Unreachable("%s: %s" % (endpoint, exc)) from exc
         try:
@@ -458,7 +478,9 @@ class _StreamReader:
         while True:
             if self.stop.is_set():
                 return False
-            ready, _, _ = select.select([self.sock], [], [], self.POLL)
+            # TLS may hold decrypted bytes that select() on the socket cannot see.
+            pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+            ready = pending or select.select([self.sock], [], [], self.POLL)[0]
             if ready:
                 data = self.sock.recv(65536)
                 if not data:
