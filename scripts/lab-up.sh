@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 .venv/bin/ansible-playbook -i inventory/lab cluster.yml "$@"
 echo
+# The cluster is upstream Kubernetes: kubectl with the lab's admin.conf (Kubespray's artifacts/kubectl.sh,
+# which runs it inside the lab: the lab's API server is not reachable from the host's own namespace).
+kubectl=inventory/lab/artifacts/kubectl.sh
+$kubectl get nodes -o wide
+$kubectl cluster-info
+echo
 apiary lab get nodes
 echo
 # The seed's workloads: namespace, frontend Deployment (2 nginx), backend (busybox), netpod on node2.

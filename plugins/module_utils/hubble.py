@@ -88,11 +88,14 @@ def node_config(enabled, event_buffer_capacity, node_ip, listen_port, metrics, m
     }
 
 
-def relay_config(node_name, node_ip, etcd_endpoints, peer_port, run_dir, relay_port, ui_port, tls_dir):
-    """hubble-relay.json: what `apiary hubble-relay --config FILE` reads. ui_port None: no page."""
+def relay_config(node_name, node_ip, etcd_endpoints, peer_port, run_dir, relay_port, ui_port, tls_dir,
+                 etcd_tls=None):
+    """hubble-relay.json: what `apiary hubble-relay --config FILE` reads. ui_port None: no page.
+    etcd_tls: {ca_file, cert_file, key_file} for https:// etcd endpoints."""
     return {
         "node_name": node_name,
         "etcd_endpoints": list(etcd_endpoints),
+        "etcd_tls": dict(etcd_tls) if etcd_tls else None,
         "peer_port": peer_port,
         "socket": os.path.join(run_dir, "hubble-relay.sock"),
         "listen_address": "%s:%d" % (node_ip, relay_port),

@@ -72,7 +72,9 @@ BOOLEANS = (
     "apiary_kube_proxy_replacement", "apiary_hubble_enabled", "apiary_hubble_metrics_enabled",
     "apiary_hubble_relay_enabled", "apiary_hubble_ui_enabled", "apiary_hubble_tls_generate",
     "metallb_enabled", "apiary_bpffs_persistent", "apiary_install_packages", "kube_proxy_strict_arp",
+    "kubeconfig_localhost", "kubectl_localhost", "kubelet_fail_cgroup_v1",
 )
+KUBELET_CGROUP_DRIVERS = ("systemd", "cgroupfs")
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -427,6 +429,26 @@ def _check_metallb(hostvars, result):
     result.settings["metallb_config"] = {"address_pools": normalised, "layer2": list(layer2)}
 
 
+def _check_kubernetes(hostvars, result):
+    """kube_version must be a release the collection knows; kube_apiserver_ip is derived here."""
+    version = str(hostvars.get("kube_version", "")).lstrip("v")
+    supported = [str(v) for v in hostvars.get("apiary_kube_supported_versions") or []]
+    if version not in supported:
+        result.error("kube_version", "%r is not a Kubernetes release this collection knows (%s)"
+                     % (hostvars.get("kube_version"), ", ".join(supported) or "none"))
+    else:
+        result.settings["kube_version"] = version
+    driver = hostvars.get("kubelet_cgroup_driver", "systemd")
+    if driver not in KUBELET_CGROUP_DRIVERS:
+        result.error("kubelet_cgroup_driver", "%r is not one of %s" % (driver, ", ".join(KUBELET_CGROUP_DRIVERS)))
+    try:
+        services = parse_network(hostvars.get("kube_service_addresses", "10.233.0.0/18"))
+    except ValueError:
+        return  # reported by _check_networks
+    # The `kubernetes` Service takes the range's first address, as kube-apiserver allocates it.
+    result.settings["kube_apiserver_ip"] = str(services[1])
+
+
 def _check_ignore_list(hostvars, result):
     value = hostvars.get("apiary_ignore_preflight_errors", [])
     if not isinstance(value, list):
@@ -447,6 +469,7 @@ def validate_host(host, hostvars, groups_of_host):
     _check_hubble_metrics(hostvars, result)
     _check_hubble(hostvars, result)
     _check_metallb(hostvars, result)
+    _check_kubernetes(hostvars, result)
     _check_ignore_list(hostvars, result)
     return result
 
@@ -474,6 +497,6 @@ VARIABLES = sorted(
         "ip", "apiary_hubble_metrics", "metallb_protocol", "metallb_config",
         "apiary_ignore_preflight_errors", "apiary_lb_algorithm", "apiary_lb_maglev_table_size",
         "apiary_dns_address", "apiary_sock_lb_cgroup", "apiary_hubble_event_buffer_capacity",
-        "apiary_hubble_tls_dir",
+        "apiary_hubble_tls_dir", "kube_version", "apiary_kube_supported_versions", "kubelet_cgroup_driver",
     } | set(HUBBLE_PORTS)
 )

@@ -94,6 +94,22 @@ options:
     type: list
     elements: str
     default: []
+  etcd_tls:
+    description: etcd's CA and the relay's client certificate, for https:// endpoints.
+    type: dict
+    suboptions:
+      ca_file:
+        description: etcd's CA.
+        type: path
+        required: true
+      cert_file:
+        description: The client certificate.
+        type: path
+        required: true
+      key_file:
+        description: Its key.
+        type: path
+        required: true
   certificates:
     description: Issue certificates instead of writing node files.
     type: dict
@@ -281,6 +297,9 @@ def main():
             ui=dict(type="bool", default=False),
             ui_port=dict(type="raw", default=12000),
             etcd_endpoints=dict(type="list", elements="str", default=[]),
+            etcd_tls=dict(type="dict", options=dict(ca_file=dict(type="path", required=True),
+                                                    cert_file=dict(type="path", required=True),
+                                                    key_file=dict(type="path", required=True))),
             certificates=dict(type="dict", options=dict(
                 dir=dict(type="path", required=True),
                 nodes=dict(type="dict", required=True),
@@ -320,7 +339,7 @@ def main():
     if params["enabled"] and params["relay"]:
         relay = relay_config(params["node_name"], params["node_ip"], params["etcd_endpoints"], ports["listen_port"],
                              params["run_dir"], ports["relay_port"], ports["ui_port"] if params["ui"] else None,
-                             params["tls_dir"])
+                             params["tls_dir"], params["etcd_tls"])
     files = Files(module)
     text = render(config)
     files.put(os.path.join(params["state_dir"], HUBBLE_JSON), text)

@@ -56,7 +56,7 @@ def test_writes_idempotently_with_check_mode_and_diff(tmp_path):
         "tls": {"ca": str(tmp_path / "tls/ca.crt"), "cert": str(tmp_path / "tls/server.crt"),
                 "key": str(tmp_path / "tls/server.key")}}
     assert read(state / "hubble-relay.json") == {
-        "node_name": "node1", "etcd_endpoints": ["http://10.77.101.11:2379"], "peer_port": 4244,
+        "node_name": "node1", "etcd_endpoints": ["http://10.77.101.11:2379"], "etcd_tls": None, "peer_port": 4244,
         "socket": str(tmp_path / "run/hubble-relay.sock"), "listen_address": "10.77.101.11:4245",
         "ui_address": "10.77.101.11:12000",
         "tls": {"ca": str(tmp_path / "tls/ca.crt"), "cert": str(tmp_path / "tls/relay.crt"),

@@ -66,7 +66,9 @@ def test_hubble_role(tmp_path):
     relay = read(os.path.join(root, "node1", "hubble-relay.json"))
     assert (relay["listen_address"], relay["ui_address"], relay["peer_port"]) == (
         "10.77.101.11:4245", "10.77.101.11:12000", 4244)
-    assert relay["etcd_endpoints"] == ["http://10.77.101.11:2379"]
+    assert relay["etcd_endpoints"] == ["https://10.77.101.11:2379"]
+    assert relay["etcd_tls"] == {"ca_file": "/etc/ssl/etcd/ssl/ca.pem", "cert_file": "/etc/ssl/etcd/ssl/node-node1.pem",
+                                 "key_file": "/etc/ssl/etcd/ssl/node-node1-key.pem"}
     assert relay["tls"]["cert"] == os.path.join(root, "node1/tls/hubble/relay.crt") 
     assert os.path.exists(relay["tls"]["cert"])
     assert not os.path.exists(os.path.join(root, "node2", "hubble-relay.json"))

@@ -69,7 +69,10 @@ def test_lab_up_connects_nodes_and_world_without_touching_root(lab_reset):
     assert snapshot_diff(before, root_netns_snapshot(include_netns_list=False)) == []
     with open(os.path.join(LAB_ROOT, "lab.json")) as f:
         lab = json.load(f)
-    assert lab["etcd_endpoints"] == ["http://10.77.101.11:2379"]
+    assert lab["etcd_endpoints"] == ["https://10.77.101.11:2379"]
+    assert lab["etcd_tls"] == {"ca_file": LAB_ROOT + "/node1/ssl/etcd/ca.pem",
+                               "cert_file": LAB_ROOT + "/node1/ssl/etcd/node-node1.pem",
+                               "key_file": LAB_ROOT + "/node1/ssl/etcd/node-node1-key.pem"}
     node2 = next(n for n in lab["nodes"] if n["name"] == "node2")
     assert node2 == {"name": "node2", "netns": "apiary-node2", "ip": "10.77.101.12",
                      "groups": ["k8s_cluster", "kube_node"], "state_dir": LAB_ROOT + "/node2",
@@ -121,8 +124,16 @@ def test_netns_connection_sees_only_the_node(lab_reset, tmp_path):
 def test_etcd_in_the_lab_is_healthy_from_another_node(lab_reset):
     run = run_playbook(PLAYBOOKS / "lab_etcd.yml")
     assert run.rc == 0, run.stdout
-    health = in_netns("apiary-node2", "curl", "-s", "-m", "5", "http://10.77.101.11:2379/health")
+    certs = LAB_ROOT + "/node1/ssl/etcd/"
+    tls = ["--cacert", certs + "ca.pem", "--cert", certs + "member-node1.pem", "--key", certs + "member-node1-key.pem"]
+    health = in_netns("apiary-node2", "curl", "-s", "-m", "5", *tls, "https://10.77.101.11:2379/health")
     assert json.loads(health.stdout)["health"] == "true", health
+    # No plain-text control traffic: no HTTP listener, and TLS without a client certificate is refused.
+    plain = in_netns("apiary-node2", "curl", "-s", "-m", "5", "http://10.77.101.11:2379/health")
+    assert '"health":"true"' not in plain.stdout
+    anonymous = in_netns("apiary-node2", "curl", "-s", "-m", "5", "--cacert", certs + "ca.pem",
+                         "https://10.77.101.11:2379/health")
+    assert anonymous.returncode != 0 and '"health":"true"' not in anonymous.stdout, anonymous
     run = run_playbook(PLAYBOOKS / "lab_etcd.yml")
     assert run.rc == 0, run.stdout
     assert {host: r["changed"] for host, r in run.recap.items()} == {"localhost": 0, "node1": 0}, run.stdout
@@ -136,7 +147,7 @@ def test_lab_reset_leaves_nothing(lab_reset):
     assert not os.path.exists(LAB_ROOT)
     assert not os.path.exists("/sys/fs/bpf/apiary")
     assert not os.path.exists(os.path.join(cgroup2_mount(), "apiary-lab"))
-    assert subprocess.run(["pgrep", "-f", "/usr/bin/etcd"], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", LAB_ROOT + "/bin/etcd"], capture_output=True).returncode == 1
     assert snapshot_diff(before, root_netns_snapshot()) == []
 
 

@@ -22,9 +22,10 @@ def test_node_and_relay_config_follow_the_contract():
         "metrics_address": "10.77.101.11:9965", "tls": {"ca": "/t/ca.crt", "cert": "/t/server.crt", "key": "/t/server.key"}}
     off = hubble.node_config(False, 4095, "10.77.101.11", 4244, None, 9965, None)
     assert (off["enabled"], off["metrics"], off["metrics_address"], off["tls"]) == (False, [], None, None)
-    assert hubble.relay_config("node1", "10.77.101.11", ["http://10.77.101.11:2379"], 4244, "/run/a", 4245, None,
-                               "/t") == {
-        "node_name": "node1", "etcd_endpoints": ["http://10.77.101.11:2379"], "peer_port": 4244,
+    etcd_tls = {"ca_file": "/e/ca.pem", "cert_file": "/e/node.pem", "key_file": "/e/node-key.pem"}
+    assert hubble.relay_config("node1", "10.77.101.11", ["https://10.77.101.11:2379"], 4244, "/run/a", 4245, None,
+                               "/t", etcd_tls) == {
+        "node_name": "node1", "etcd_endpoints": ["https://10.77.101.11:2379"], "etcd_tls": etcd_tls, "peer_port": 4244,
         "socket": "/run/a/hubble-relay.sock", "listen_address": "10.77.101.11:4245", "ui_address": None,
         "tls": {"ca": "/t/ca.crt", "cert": "/t/relay.crt", "key": "/t/relay.key"}}
 

@@ -13,6 +13,8 @@ GOOD = {
     "kube_service_addresses": "10.233.0.0/18",
     "ip": "10.77.101.11",
     "apiary_hubble_metrics": [],
+    "kube_version": "1.37.2",
+    "apiary_kube_supported_versions": ["1.37.2"],
 }
 NODE = ["k8s_cluster", "kube_node"]
 
@@ -35,7 +37,17 @@ def test_good_inventory_is_normalised():
     assert (chosen.settings["apiary_lb_algorithm"], chosen.settings["apiary_lb_maglev_table_size"]) == ("maglev", 65521)
 
 
+def test_kubernetes_settings_are_derived():
+    result = check(kube_version="v1.37.2", kube_service_addresses="10.96.0.0/12")
+    assert result.errors == []
+    assert result.settings["kube_version"] == "1.37.2"  # Kubespray writes it without the v
+    assert result.settings["kube_apiserver_ip"] == "10.96.0.1"  # the `kubernetes` Service
+
+
 @pytest.mark.parametrize("overrides, variable, words", [
+    ({"kube_version": "1.99.0"}, "kube_version", "not a Kubernetes release this collection knows (1.37.2)"),
+    ({"kubelet_cgroup_driver": "cgroupv1"}, "kubelet_cgroup_driver", "not one of systemd, cgroupfs"),
+    ({"kubeconfig_localhost": "maybe"}, "kubeconfig_localhost", "must be a boolean"),
     ({"apiary_routing_mode": "geneve"}, "apiary_routing_mode", "not one of native, tunnel"),
     ({"apiary_dns_address": "10.233.0.3"}, "apiary_dns_address", "not inside kube_service_addresses"),
     ({"apiary_dns_address": "dns"}, "apiary_dns_address", "not a valid IP address"),
