@@ -141,67 +141,6 @@ def test_kubernetes_nodes_are_ready_and_run_pods_across_nodes(fresh_lab):
     kubectl("delete", "namespace", "ktest", "--wait=false")
 
 
-CNP = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: web-from-allowed
-spec:
-  endpointSelector:
-    matchLabels:
-      app: web
-  ingress:
-    - fromEndpoints:
-        - matchLabels:
-            role: allowed
-"""
-
-
-def endpoint_labels(node, pod_ip):
-    out = subprocess.run(["/usr/local/bin/apiary", "endpoint", "list", "--node", node, "-o", "json"],
-                         capture_output=True, text=True, check=True).stdout
-    found = [ep["labels"] for ep in json.loads(out) if ep["ip"] == pod_ip]
-    return found[0] if found else None
-
-
-def test_agents_read_the_kubernetes_api(fresh_lab):
-    """With apiary_kubernetes_objects the agents watch the API: labels, policies and status come from it."""
-    rc, out = run_playbook("cluster.yml", LAB, "-e", "apiary_kubernetes_objects=true")
-    assert rc == 0, out[-3000:]
-    status = json.loads(subprocess.run(["/usr/local/bin/apiary", "status", "--node", "node2", "-o", "json"],
-                                       capture_output=True, text=True, check=True).stdout)
-    assert status["kubernetes"]["state"] == "Ok" and "v1.37.2" in status["kubernetes"]["message"], status["kubernetes"]
-    config = kubectl("get", "configmap", "-n", "kube-system", "apiary-config", "-o", "yaml").stdout
-    assert "cluster-pool-ipv4-cidr: 10.233.64.0/18" in config, config
-    kubectl("get", "crd", "ciliumnetworkpolicies.cilium.io", "ciliumclusterwidenetworkpolicies.cilium.io")
-
-    kubectl("create", "namespace", "kapi")
-    kubectl("run", "web", "-n", "kapi", "--image=nginx", "--labels=app=web", "--overrides",
-            json.dumps({"spec": {"nodeName": "node1"}}))
-    kubectl("run", "client", "-n", "kapi", "--image=busybox", "--labels=role=other", "--overrides",
-            json.dumps({"spec": {"nodeName": "node2"}}), "--", "sleep", "3600")
-    kubectl("wait", "-n", "kapi", "--for=condition=Ready", "pod/web", "pod/client", "--timeout=120s")
-    web_ip = kubectl("get", "pod", "web", "-n", "kapi", "-o", "jsonpath={.status.podIP}").stdout
-    # The endpoint's identity comes from the pod's labels in the API.
-    assert "k8s:app=web" in endpoint_labels("node1", web_ip)
-
-    def fetch():
-        return kubectl("exec", "-n", "kapi", "client", "--", "wget", "-qO-", "-T", "3", "http://%s/" % web_ip,
-                       check=False).returncode == 0
-    assert fetch()
-    kubectl("apply", "-n", "kapi", "-f", "-", stdin=CNP)
-    assert "web-from-allowed" in kubectl("get", "cnp", "-n", "kapi").stdout
-    wait_for("the policy to deny the client", lambda: not fetch(), timeout=60)
-    # Relabelled into the policy's peers, the running client gets a new identity and is let in.
-    kubectl("label", "pod", "client", "-n", "kapi", "role=allowed", "--overwrite")
-    wait_for("the relabelled client to be allowed", fetch, timeout=60)
-    kubectl("delete", "namespace", "kapi", "--wait=false")
-
-    # Back to the lab's store mode for the tests that follow (and reset's own check).
-    rc, out = run_playbook("cluster.yml", LAB)
-    assert rc == 0, out[-3000:]
-
-
 def changed_tasks(out):
     """The tasks that reported a change, with the hosts' lines (what to look at when changed != 0)."""
     found, task = [], None
