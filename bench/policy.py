@@ -239,21 +239,21 @@ def _wait(path: str, done, timeout: float = 10.0):
     raise base.BenchError("the probe never showed the new verdict within %.0f s" % timeout)
 
 
-def _store(etcd_endpoints: list):
+def _store(etcd_endpoints: list, etcd_tls: dict | None = None):
     from apiary.store.etcd import EtcdClient
-    return lab_store.ObjectStore(EtcdClient(etcd_endpoints))
+    return lab_store.ObjectStore(EtcdClient(etcd_endpoints, **(etcd_tls or {})))
 
 
-def _pods(etcd_endpoints: list) -> list:
+def _pods(etcd_endpoints: list, etcd_tls: dict | None = None) -> list:
     """In the store's node (a forked child): the bench's pods."""
-    return _store(etcd_endpoints).list("Pod", LAB_NS)
+    return _store(etcd_endpoints, etcd_tls).list("Pod", LAB_NS)
 
 
-def _cycles(etcd_endpoints: list, received: str, cycles: int) -> dict:
+def _cycles(etcd_endpoints: list, received: str, cycles: int, etcd_tls: dict | None = None) -> dict:
     """In the store's node (a forked child): add and remove the probe policy `cycles` times."""
     from apiary.policy import check
 
-    store = _store(etcd_endpoints)
+    store = _store(etcd_endpoints, etcd_tls)
     obj, problems = check(probe_policy(), LAB_NS)
     if problems:
         raise base.BenchError("probe policy: %s" % problems)
@@ -308,7 +308,7 @@ def apply_to_enforced(endpoints: int, policies: int, cycles: int, log) -> dict:
             _lab_apply(path)
             log("%d %s applied in %.0f s" % (len(docs), name, time.monotonic() - started))
         store_netns = lab_store.store_node(lab)["netns"]
-        pods = {p["metadata"]["name"]: p for p in netns.call_in(store_netns, _pods, lab["etcd_endpoints"])}
+        pods = {p["metadata"]["name"]: p for p in netns.call_in(store_netns, _pods, lab["etcd_endpoints"], lab.get("etcd_tls"))}
         running = sum(1 for p in pods.values() if (p.get("status") or {}).get("phase") == "Running")
         if running != endpoints:
             raise base.BenchError("%d of %d pods are running" % (running, endpoints))
@@ -327,7 +327,7 @@ def apply_to_enforced(endpoints: int, policies: int, cycles: int, log) -> dict:
             stack.callback(proc.wait)
             stack.callback(proc.kill)
         log("%d endpoints, %d policies: %d add/remove cycles" % (endpoints, policies, cycles))
-        samples = netns.call_in(store_netns, _cycles, lab["etcd_endpoints"], received, cycles)
+        samples = netns.call_in(store_netns, _cycles, lab["etcd_endpoints"], received, cycles, lab.get("etcd_tls"))
     finally:
         stack.close()
     results = {}

@@ -393,12 +393,12 @@ def _master(services, index: int, port: int = SERVICE_PORT):
     return services.get(cluster_ip(index, LAB_FIRST), port, "TCP", slot=0, scope=0)
 
 
-def _lab_size(etcd_endpoints: list, have: int, size: int, changes: int) -> dict:
+def _lab_size(etcd_endpoints: list, have: int, size: int, changes: int, etcd_tls: dict | None = None) -> dict:
     """In the store's node (a forked child): Services have..size-1 in batches, wait until node1's maps
     hold them all, then `changes` port changes of the last one, each timed until its new frontend is there."""
     from apiary.store.etcd import EtcdClient
 
-    client = EtcdClient(etcd_endpoints)
+    client = EtcdClient(etcd_endpoints, **(etcd_tls or {}))  # etcd requires a client certificate
     services = maps.ServiceMap(LAB_PIN_DIR)  # read only: the agent is the node's one writer
     try:
         started = time.monotonic()
@@ -445,7 +445,7 @@ def end_to_end(sizes: list, changes: int, log) -> dict:
         store_netns = lab_store.store_node(lab)["netns"]
         have = 0
         for size in sizes:
-            out = netns.call_in(store_netns, _lab_size, lab["etcd_endpoints"], have, size, changes)
+            out = netns.call_in(store_netns, _lab_size, lab["etcd_endpoints"], have, size, changes, lab.get("etcd_tls"))
             have = size
             results[size] = dict(_pcts(out["samples_ms"]), max=max(out["samples_ms"]),
                                  write_seconds=out["write_seconds"], all_in_maps_seconds=out["all_in_maps_seconds"])
