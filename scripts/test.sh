@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-exec .venv/bin/pytest -p no:cacheprovider -ra "${@:-tests}"
+exec .venv/bin/pytest -p no:cacheprovider -ra --durations=30 "${@:-tests}"

@@ -81,7 +81,7 @@ class Containerd:
                         "--cgroup", "/%s-%s" % (self.tag, secrets.token_hex(2)), *args, timeout=timeout)
 
 
-def _wait_for(check, what: str, timeout: float = 20):
+def _wait_for(check, what: str, timeout: float = 20, log: str | None = None):
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -90,7 +90,8 @@ def _wait_for(check, what: str, timeout: float = 20):
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
+            output = open(log).read()[-2000:] if log else ""
+            raise AssertionError("timed out waiting for %s%s" % (what, "; its log:\n" + output if output else ""))
         time.sleep(0.2)
 
 
@@ -135,11 +136,13 @@ def containerd(layout):
             try:
                 registry = subprocess.Popen([*enter, sys.executable, "-m", "lab.registry", "--root", layout,
                                              "--listen", REGISTRY], cwd=REPO, stdout=registry_log,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT,
+                                            env=dict(os.environ, PYTHONPATH=REPO + ":" + os.path.join(REPO, "runtime", "src")))
                 daemon = subprocess.Popen([*enter, os.path.join(tmp, "bin", "containerd"), "--config",
                                            os.path.join(tmp, "config.toml")], env=client.env,
                                           stdout=containerd_log, stderr=subprocess.STDOUT)
-                _wait_for(lambda: netns.call_in_thread(ns, _registry_answers), "the registry")
+                _wait_for(lambda: netns.call_in_thread(ns, _registry_answers), "the registry",
+                          log=os.path.join(tmp, "registry.log"))
                 _wait_for(lambda: client.ctr("version", timeout=10).returncode == 0, "containerd")
                 yield client
             finally:
