@@ -440,7 +440,7 @@ def end_to_end(sizes: list, changes: int, log) -> dict:
         log("resetting the lab, then cluster.yml")
         policy._playbook("reset.yml")
         stack.callback(policy._playbook, "reset.yml")
-        policy._playbook("cluster.yml")
+        policy._playbook("cluster.yml", *policy.STORE_OBJECTS)
         lab = lab_nodes.load_lab(lab_nodes.DEFAULT_LAB_ROOT)
         store_netns = lab_store.store_node(lab)["netns"]
         have = 0

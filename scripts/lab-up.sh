@@ -17,21 +17,23 @@ $kubectl cluster-info
 echo
 apiary lab get nodes
 echo
-# The seed's workloads: namespace, frontend Deployment (2 nginx), backend (busybox), netpod on node2.
+# The seed's workloads, with kubectl as the seed applies them: namespace, frontend Deployment (2 nginx)
+# and its Service, backend (busybox), netpod (netshoot) on node2.
 seed=examples/network-policy-test
-apiary lab apply -f "$seed/namespace.yaml"
+$kubectl apply -f "$seed/namespace.yaml"
 for manifest in frontend-deployment frontend-service backend-pod netpod; do
-  apiary lab apply -n network-policy-test -f "$seed/$manifest.yaml"
+  $kubectl apply -n network-policy-test -f "$seed/$manifest.yaml"
 done
-apiary lab get pods -n network-policy-test -o wide
+$kubectl rollout status -n network-policy-test deployment/frontend --timeout=180s
+$kubectl wait -n network-policy-test --for=condition=Ready pod --all --timeout=180s
+$kubectl get pods -n network-policy-test -o wide
 echo
-for ip in $(apiary lab get pods -n network-policy-test -o jsonpath='{.items[*].status.podIP}'); do
-  apiary lab exec -n network-policy-test netpod -- ping -c 1 -W 2 "$ip" | grep 'bytes from'
+for ip in $($kubectl get pods -n network-policy-test -o jsonpath='{.items[*].status.podIP}'); do
+  $kubectl exec -n network-policy-test netpod -- ping -c 1 -W 2 "$ip" | grep 'bytes from'
 done
-echo
 echo
 # The seed: the backend fetches the frontend page through the Service, by name.
-apiary lab exec -n network-policy-test backend -- wget -qO- http://frontend | grep '<title>'
+$kubectl exec -n network-policy-test backend -- wget -qO- http://frontend | grep '<title>'
 apiary service list --node node2
 echo
 apiary endpoint list --node node2
@@ -39,4 +41,4 @@ echo
 # Hubble: the flows every node saw, through the relay (here the backend's fetch, translated by the
 # socket load balancer, then the connection: policy verdicts and traces on both nodes), and its status.
 apiary observe --pod network-policy-test/backend --protocol tcp --first 7
-apiary status --node node1 | grep -E '^(Hubble|Kernel drops)'
+apiary status --node node1 | grep -E '^(Hubble|Kernel drops|Kubernetes)'

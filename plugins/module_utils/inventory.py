@@ -72,7 +72,7 @@ BOOLEANS = (
     "apiary_kube_proxy_replacement", "apiary_hubble_enabled", "apiary_hubble_metrics_enabled",
     "apiary_hubble_relay_enabled", "apiary_hubble_ui_enabled", "apiary_hubble_tls_generate",
     "metallb_enabled", "apiary_bpffs_persistent", "apiary_install_packages", "kube_proxy_strict_arp",
-    "kubeconfig_localhost", "kubectl_localhost", "kubelet_fail_cgroup_v1",
+    "kubeconfig_localhost", "kubectl_localhost", "kubelet_fail_cgroup_v1", "apiary_kubernetes_objects",
 )
 KUBELET_CGROUP_DRIVERS = ("systemd", "cgroupfs")
 

@@ -5,6 +5,7 @@
   are equal when nothing was changed.
 - run_playbook() / run_ansible(): run .venv/bin/ansible-playbook / ansible from the repo root
   with the default callback; the result unpacks as (rc, stdout) and has .recap.
+- kubectl(): the lab's real kubectl (inventory/lab/artifacts/kubectl.sh); wait_for(): poll a predicate.
 - Fixtures: `netns_factory` (namespaces named apiary-t-*, always deleted with their processes),
   `lab_reset` (resets the standard lab before and after the tests that use it).
 """
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -23,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 LAB_INVENTORY = REPO / "inventory" / "lab"
 PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
+KUBECTL = LAB_INVENTORY / "artifacts" / "kubectl.sh"
 
 # Fields that change by themselves (address lifetimes, route expiry) and counters.
 _VOLATILE_KEYS = {"valid_life_time", "preferred_life_time", "expires"}
@@ -128,6 +131,25 @@ def run_on_controller(module, args: dict, *extra):
     return run_ansible("localhost", "localhost,", "-c", "local",
                        "-e", "ansible_python_interpreter=%s" % (VENV_BIN / "python"),
                        "-m", module, "-a", json.dumps(args), *extra)
+
+
+def kubectl(*args, stdin=None, check=True, timeout=120):
+    """The lab's kubectl (Kubespray's artifacts/kubectl.sh: kubectl with admin.conf, run inside the lab)."""
+    proc = subprocess.run([str(KUBECTL), *args], input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError("kubectl %s (%d):\n%s%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def wait_for(what, predicate, timeout=120):
+    """predicate()'s first true value, polled every second; fails naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            assert value, "timed out waiting for " + what
+            return value
+        time.sleep(1)
 
 
 def netns_list() -> list[str]:

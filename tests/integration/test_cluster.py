@@ -4,43 +4,27 @@ import glob
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
 from apiary.datapath.loader import cgroup2_mount
 
-from .conftest import root_netns_snapshot, run_playbook, snapshot_diff
+from .conftest import kubectl, root_netns_snapshot, run_playbook, snapshot_diff, wait_for
 
 pytestmark = pytest.mark.lab
 
 LAB = "inventory/lab"
 NODES = ("node1", "node2", "node3")
-KUBECTL = "inventory/lab/artifacts/kubectl.sh"
+
+
+def cluster_yml(*args, check=False):
+    return run_playbook("cluster.yml", LAB, *args, check=check)
 
 
 def lab_nodes():
     out = subprocess.run(["/usr/local/bin/apiary", "lab", "get", "nodes", "-o", "json"],
                          capture_output=True, text=True)
     return out.returncode, {n["name"]: n for n in json.loads(out.stdout or "[]")}
-
-
-def kubectl(*args, stdin=None, check=True):
-    """The lab's kubectl (Kubespray's artifacts/kubectl.sh: kubectl with admin.conf, inside the lab)."""
-    proc = subprocess.run([KUBECTL, *args], input=stdin, capture_output=True, text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError("kubectl %s (%d):\n%s%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr))
-    return proc
-
-
-def wait_for(what, predicate, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            assert value, "timed out waiting for " + what
-            return value
-        time.sleep(1)
 
 
 def v1_cgroups():
@@ -78,7 +62,7 @@ def fresh_lab():
 
 
 def test_check_mode_on_a_fresh_lab_changes_nothing(fresh_lab):
-    rc, out = run = run_playbook("cluster.yml", LAB, "--diff", check=True)
+    rc, out = run = cluster_yml("--diff", check=True)
     recap = run.recap
     assert rc == 0, out[-3000:]
     assert leftovers() == []
@@ -89,7 +73,7 @@ def test_check_mode_on_a_fresh_lab_changes_nothing(fresh_lab):
 
 
 def test_cluster_comes_up(fresh_lab):
-    rc, out = run = run_playbook("cluster.yml", LAB)
+    rc, out = run = cluster_yml()
     recap = run.recap
     assert rc == 0, out[-3000:]
     assert all(recap[n]["failed"] == 0 for n in NODES)
@@ -141,6 +125,62 @@ def test_kubernetes_nodes_are_ready_and_run_pods_across_nodes(fresh_lab):
     kubectl("delete", "namespace", "ktest", "--wait=false")
 
 
+CNP = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: web-from-allowed
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+    - fromEndpoints:
+        - matchLabels:
+            role: allowed
+"""
+
+
+def endpoint_labels(node, pod_ip):
+    out = subprocess.run(["/usr/local/bin/apiary", "endpoint", "list", "--node", node, "-o", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    found = [ep["labels"] for ep in json.loads(out) if ep["ip"] == pod_ip]
+    return found[0] if found else None
+
+
+def test_agents_read_the_kubernetes_api(fresh_lab):
+    """The agents watch the API (apiary_kubernetes_objects): labels, policies and status come from it."""
+    status = json.loads(subprocess.run(["/usr/local/bin/apiary", "status", "--node", "node2", "-o", "json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert status["kubernetes"]["state"] == "Ok" and "v1.37.2" in status["kubernetes"]["message"], status["kubernetes"]
+    config = kubectl("get", "configmap", "-n", "kube-system", "apiary-config", "-o", "yaml").stdout
+    assert "cluster-pool-ipv4-cidr: 10.233.64.0/18" in config, config
+    kubectl("get", "crd", "ciliumnetworkpolicies.cilium.io", "ciliumclusterwidenetworkpolicies.cilium.io")
+
+    kubectl("create", "namespace", "kapi")
+    kubectl("run", "web", "-n", "kapi", "--image=nginx", "--labels=app=web", "--overrides",
+            json.dumps({"spec": {"nodeName": "node1"}}))
+    kubectl("run", "client", "-n", "kapi", "--image=busybox", "--labels=role=other", "--overrides",
+            json.dumps({"spec": {"nodeName": "node2"}}), "--", "sleep", "3600")
+    kubectl("wait", "-n", "kapi", "--for=condition=Ready", "pod/web", "pod/client", "--timeout=120s")
+    web_ip = kubectl("get", "pod", "web", "-n", "kapi", "-o", "jsonpath={.status.podIP}").stdout
+    # The endpoint's identity comes from the pod's labels in the API.
+    assert "k8s:app=web" in endpoint_labels("node1", web_ip)
+
+    def fetch():
+        # (busybox-static's `wget -T` crashes: `timeout` bounds it instead)
+        return kubectl("exec", "-n", "kapi", "client", "--", "timeout", "4", "wget", "-qO-", "http://%s/" % web_ip,
+                       check=False).returncode == 0
+    assert fetch()
+    kubectl("apply", "-n", "kapi", "-f", "-", stdin=CNP)
+    assert "web-from-allowed" in kubectl("get", "cnp", "-n", "kapi").stdout
+    wait_for("the policy to deny the client", lambda: not fetch(), timeout=60)
+    # Relabelled into the policy's peers, the running client gets a new identity and is let in.
+    kubectl("label", "pod", "client", "-n", "kapi", "role=allowed", "--overwrite")
+    wait_for("the relabelled client to be allowed", fetch, timeout=60)
+    kubectl("delete", "namespace", "kapi", "--wait=false")
+
+
 def changed_tasks(out):
     """The tasks that reported a change, with the hosts' lines (what to look at when changed != 0)."""
     found, task = [], None
@@ -153,7 +193,7 @@ def changed_tasks(out):
 
 
 def test_second_run_changes_nothing(fresh_lab):
-    rc, out = run = run_playbook("cluster.yml", LAB)
+    rc, out = run = cluster_yml()
     recap = run.recap
     assert rc == 0, out[-3000:]
     changed = {host: r["changed"] for host, r in recap.items() if r["changed"]}
@@ -161,7 +201,7 @@ def test_second_run_changes_nothing(fresh_lab):
 
 
 def test_check_diff_on_a_converged_lab_reports_no_change(fresh_lab):
-    rc, out = run = run_playbook("cluster.yml", LAB, "--diff", check=True)
+    rc, out = run = cluster_yml("--diff", check=True)
     recap = run.recap
     assert rc == 0, out[-3000:]
     assert {h: r["changed"] for h, r in recap.items() if r["changed"]} == {}, out[-6000:]
@@ -171,7 +211,7 @@ def test_a_deleted_node_is_repaired(fresh_lab):
     subprocess.run(["ip", "netns", "del", "apiary-node2"], check=True)
     rc, nodes = lab_nodes()
     assert nodes["node2"]["status"] == "NotReady"
-    rc, out = run = run_playbook("cluster.yml", LAB)
+    rc, out = run = cluster_yml()
     recap = run.recap
     assert rc == 0, out[-3000:]
     rc, nodes = lab_nodes()
@@ -181,7 +221,7 @@ def test_a_deleted_node_is_repaired(fresh_lab):
 
 def test_invalid_inventory_stops_before_any_change(fresh_lab):
     # Against the running lab: the bad value is refused and nothing (not even the lab) changes.
-    rc, out = run = run_playbook("cluster.yml", LAB, "-e", "apiary_cluster_pool_ipv4_cidr=10.77.101.0/24")
+    rc, out = run = cluster_yml("-e", "apiary_cluster_pool_ipv4_cidr=10.77.101.0/24")
     recap = run.recap
     assert rc != 0
     assert "apiary_cluster_pool_ipv4_cidr" in out and "overlaps apiary_lab_underlay_cidr" in out

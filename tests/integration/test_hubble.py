@@ -1,4 +1,4 @@
-"""Issue 6 on the lab, as the seed uses Hubble: `apiary observe` through the relay shows the seed's
+"""Issue 6 on the lab's real Kubernetes (the seed applied with kubectl), as the seed uses Hubble: `apiary observe` through the relay shows the seed's
 policy drops and the backend's connection to the frontend Service (translated), `apiary monitor`
 streams one node's raw events, every node's metrics are scraped by a real Prometheus, the relay's
 page renders the service map in a real Chromium, and the flow servers refuse clients without a
@@ -18,7 +18,8 @@ from apiary import netns
 from tests.helpers.prometheus import running_prometheus
 from tests.helpers.chromium import render
 
-from .test_pods import APIARY, EXAMPLES, NS, apiary, pods, seed_cluster
+from .conftest import kubectl, wait_for
+from .seed import APIARY, EXAMPLES, NS, apiary, pods, seed_cluster
 from .test_policy import can_fetch, can_ping, frontends, ip_of
 
 pytestmark = pytest.mark.lab
@@ -30,8 +31,10 @@ LAB_ROOT = "/var/lib/apiary-lab"
 @pytest.fixture(scope="module")
 def cluster():
     with seed_cluster("native") as lab:
-        apiary("lab", "apply", "-n", NS, "-f", str(EXAMPLES / "frontend-service.yaml"))
-        apiary("lab", "apply", "-n", NS, "-f", str(EXAMPLES / "frontend-backend-policy.yaml"))
+        kubectl("apply", "-n", NS, "-f", str(EXAMPLES / "frontend-service.yaml"))
+        kubectl("apply", "-n", NS, "-f", str(EXAMPLES / "frontend-backend-policy.yaml"))
+        wait_for("the agents to enforce allow-frontend",
+                 lambda: not can_ping("netpod", ip_of(frontends()[0])), timeout=30)
         yield lab
 
 

@@ -1,7 +1,7 @@
-"""Issue 5 on the lab, as the seed walks it: the `frontend` Service, `wget -qO- http://frontend` from the
-backend pod (the node-local DNS and the socket load balancer), both replicas serving, scaling shown by
-`apiary service list`, a NodePort reached from the world through any node, and bad Services refused
-while the previous state keeps serving. Both routing modes."""
+"""Issue 5 on the lab's real Kubernetes, as the seed walks it with kubectl: the `frontend` Service,
+`wget -qO- http://frontend` from the backend pod (the node-local DNS and the socket load balancer), both
+replicas serving, `kubectl scale` shown by `apiary service list`, a NodePort reached from the world through
+any node, a clashing NodePort refused by the API server while the first keeps serving. Both routing modes."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from .test_pods import EXAMPLES, NS, apiary, exec_in, pods, seed_cluster
+from .conftest import kubectl, wait_for
+from .seed import EXAMPLES, NS, apiary, exec_in, pods, seed_cluster
 
 pytestmark = pytest.mark.lab
 
@@ -31,7 +32,7 @@ spec:
 @pytest.fixture(scope="module", params=["native", "tunnel"])
 def cluster(request):
     with seed_cluster(request.param) as lab:
-        apiary("lab", "apply", "-n", NS, "-f", str(EXAMPLES / "frontend-service.yaml"))
+        kubectl("apply", "-n", NS, "-f", str(EXAMPLES / "frontend-service.yaml"))
         yield lab
 
 
@@ -41,7 +42,7 @@ def services(node: str) -> dict:
 
 
 def cluster_ip() -> str:
-    return json.loads(apiary("lab", "get", "svc", "frontend", "-n", NS, "-o", "json").stdout)["spec"]["clusterIP"]
+    return kubectl("get", "svc", "frontend", "-n", NS, "-o", "jsonpath={.spec.clusterIP}").stdout
 
 
 def frontend_pods() -> dict:
@@ -56,7 +57,7 @@ def from_world(url: str):
 
 def served(name: str) -> int:
     """Requests in a frontend pod's nginx access log."""
-    return len(re.findall(r'"GET / HTTP', apiary("lab", "logs", "-n", NS, name).stdout))
+    return len(re.findall(r'"GET / HTTP', kubectl("logs", "-n", NS, name).stdout))
 
 
 def test_backend_fetches_the_frontend_page_by_service_name(cluster):
@@ -90,57 +91,65 @@ def test_service_list_on_every_node_and_scaling(cluster, tmp_path):
     table = apiary("service", "list", "--node", "node2").stdout
     assert re.search(r"^\d+\s+%s\s+ClusterIP\s+1 => \S+:80/TCP \(active\)$" % re.escape(frontend), table, re.M), table
 
-    scaled = tmp_path / "frontend-3.yaml"
-    scaled.write_text((EXAMPLES / "frontend-deployment.yaml").read_text().replace("replicas: 2", "replicas: 3"))
-    apiary("lab", "apply", "-n", NS, "-f", str(scaled))
+    def backends(node):
+        return sorted(b["address"] for b in services(node)[frontend]["backends"])
+
+    kubectl("scale", "-n", NS, "deployment/frontend", "--replicas=3")
     try:
+        kubectl("rollout", "status", "-n", NS, "deployment/frontend", "--timeout=120s", timeout=130)
         ips = sorted("%s:80/TCP" % pod["status"]["podIP"] for pod in frontend_pods().values())
         assert len(ips) == 3
         for node in NODE_IPS:
-            assert sorted(b["address"] for b in services(node)[frontend]["backends"]) == ips
+            wait_for("3 backends on %s" % node, lambda: backends(node) == ips, timeout=30)
     finally:
-        apiary("lab", "apply", "-n", NS, "-f", str(EXAMPLES / "frontend-deployment.yaml"))
-    assert len(services("node1")[frontend]["backends"]) == 2
+        kubectl("scale", "-n", NS, "deployment/frontend", "--replicas=2")
+    wait_for("2 backends again", lambda: len(backends("node1")) == 2, timeout=60)
 
 
 def test_nodeport_from_the_world_through_any_node(cluster, tmp_path):
     manifest = tmp_path / "nodeport.yaml"
     manifest.write_text(NODEPORT)
-    apiary("lab", "apply", "-f", str(manifest))
+    kubectl("apply", "-f", str(manifest))
     try:
         for node, address in NODE_IPS.items():
-            assert services(node)["%s:30080/TCP" % address]["type"] == "NodePort"
+            frontend = "%s:30080/TCP" % address
+            assert wait_for("the NodePort on " + node, lambda: services(node).get(frontend), timeout=30)["type"] \
+                == "NodePort"
             page = from_world("http://%s:30080" % address)
             assert "Welcome to nginx!" in page.stdout, (node, page.stderr)
 
-        # A second Service cannot take the same NodePort: refused, and the first keeps serving.
+        # A second Service cannot take the same NodePort: the API server refuses it, and the first keeps serving.
         clash = tmp_path / "clash.yaml"
         clash.write_text(NODEPORT.replace("name: frontend-np", "name: frontend-np2"))
-        refused = apiary("lab", "apply", "-f", str(clash), check=False)
+        refused = kubectl("apply", "-f", str(clash), check=False)
         assert refused.returncode != 0
-        assert "spec.ports[0].nodePort: 30080/TCP is already allocated to Service network-policy-test/frontend-np" \
-            in refused.stderr
-        assert "frontend-np2" not in apiary("lab", "get", "svc", "-n", NS).stdout
+        assert 'Service "frontend-np2" is invalid: spec.ports[0].nodePort: Invalid value: 30080: ' \
+            "provided port is already allocated" in refused.stderr, refused.stderr
+        assert "frontend-np2" not in kubectl("get", "svc", "-n", NS).stdout
         page = from_world("http://%s:30080" % NODE_IPS["node3"])
         assert "Welcome to nginx!" in page.stdout
     finally:
-        apiary("lab", "delete", "-f", str(manifest))
-    assert "%s:30080/TCP" % NODE_IPS["node1"] not in services("node1")
+        kubectl("delete", "-f", str(manifest))
+    wait_for("the NodePort to go", lambda: "%s:30080/TCP" % NODE_IPS["node1"] not in services("node1"), timeout=30)
 
 
 def test_loadbalancer_and_external_ips_from_the_world(cluster, tmp_path):
-    # The lab has no MetalLB yet: addresses the world already routes to a node stand in for them.
+    # The lab has no MetalLB yet: addresses the world already routes to a node stand in for them, the
+    # LoadBalancer's as spec.loadBalancerIP (no controller fills status.loadBalancer: kubectl shows the
+    # external IP only).
     manifest = tmp_path / "lb.yaml"
     manifest.write_text(NODEPORT.replace("name: frontend-np", "name: frontend-lb").replace("type: NodePort", (
         "type: LoadBalancer\n  loadBalancerIP: %s\n  externalIPs: [%s]") % (NODE_IPS["node3"], NODE_IPS["node2"]))
         .replace("{port: 80, targetPort: 80, nodePort: 30080}", "{port: 8080, targetPort: 80}"))
-    apiary("lab", "apply", "-f", str(manifest))
+    kubectl("apply", "-f", str(manifest))
     try:
-        assert "%s,%s" % (NODE_IPS["node3"], NODE_IPS["node2"]) in apiary("lab", "get", "svc", "-n", NS).stdout
+        row = next(line for line in kubectl("get", "svc", "-n", NS).stdout.splitlines() if line.startswith("frontend-lb"))
+        assert row.split()[1:4] == ["LoadBalancer", row.split()[2], NODE_IPS["node2"]], row
+        wait_for("the LoadBalancer's frontend", lambda: "%s:8080/TCP" % NODE_IPS["node3"] in services("node3"), timeout=30)
         kinds = {frontend: row["type"] for frontend, row in services("node3").items()}
         assert kinds["%s:8080/TCP" % NODE_IPS["node3"]] == "LoadBalancer"
         assert kinds["%s:8080/TCP" % NODE_IPS["node2"]] == "ExternalIP"
         for address in (NODE_IPS["node3"], NODE_IPS["node2"]):
             assert "Welcome to nginx!" in from_world("http://%s:8080" % address).stdout, address
     finally:
-        apiary("lab", "delete", "-f", str(manifest))
+        kubectl("delete", "-f", str(manifest))
