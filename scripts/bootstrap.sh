@@ -8,13 +8,14 @@ DEBIAN_PACKAGES=(
   # build the datapath once, on the controller
   clang llvm libbpf-dev bpftool make
   # the runtime on nodes (and on lab nodes, which are this machine)
-  libbpf1 iproute2 python3 python3-venv python3-yaml kmod
+  libbpf1 iproute2 python3 python3-venv python3-yaml python3-kubernetes python3-dnspython kmod
   # the lab: the store, the CNI reference plugins, what pods run
   etcd-server etcd-client containernetworking-plugins nginx-light busybox-static curl iputils-ping
   iptables ipset nftables
+  dnsmasq-base  # the lab's world namespace answers names "on the internet" (upstream_dns_servers)
   git
   # build the upstream components (Kubernetes, etcd, containerd, runc) from the Go module proxy
-  libseccomp-dev libseccomp2 python3-kubernetes
+  libseccomp-dev libseccomp2
   # the lab's pod images (lab/images.py): pause is compiled, the rest are these packages' files
   gcc libc6-dev netbase bash ca-certificates bind9-dnsutils netcat-openbsd socat tcpdump procps
   iperf3 sockperf  # bench/datapath.py's load generators

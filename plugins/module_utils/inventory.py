@@ -10,6 +10,7 @@ on any host is touched, so a bad inventory stops the play before any change.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from ansible_collections.apiary.cluster.plugins.module_utils.hubble import (
     HUBBLE_METRICS,
@@ -449,6 +450,26 @@ def _check_kubernetes(hostvars, result):
     result.settings["kube_apiserver_ip"] = str(services[1])
 
 
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _check_dns(hostvars, result):
+    """dns_domain (the cluster's DNS domain) and upstream_dns_servers (Kubespray's: where names outside
+    it are asked; a list of IPv4 addresses)."""
+    domain = str(hostvars.get("dns_domain", "cluster.local"))
+    if not all(DNS_LABEL.match(label) for label in domain.split(".")):
+        result.error("dns_domain", "%r is not a DNS domain (lowercase labels of letters, digits and '-')" % domain)
+    servers = hostvars.get("upstream_dns_servers", [])
+    if not isinstance(servers, list):
+        result.error("upstream_dns_servers", "must be a list of IPv4 addresses, got %r" % (servers,))
+        return
+    for i, server in enumerate(servers):
+        try:
+            parse_ip(server)
+        except ValueError as exc:
+            result.error("upstream_dns_servers[%d]" % i, str(exc))
+
+
 def _check_ignore_list(hostvars, result):
     value = hostvars.get("apiary_ignore_preflight_errors", [])
     if not isinstance(value, list):
@@ -470,6 +491,7 @@ def validate_host(host, hostvars, groups_of_host):
     _check_hubble(hostvars, result)
     _check_metallb(hostvars, result)
     _check_kubernetes(hostvars, result)
+    _check_dns(hostvars, result)
     _check_ignore_list(hostvars, result)
     return result
 

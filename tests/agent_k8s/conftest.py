@@ -84,13 +84,14 @@ class K8sNode(Node):
 
 @contextlib.contextmanager
 def kube_api_in(ns: str, base_dir: str):
-    """etcd + kube-apiserver on 127.0.0.1 inside an existing namespace (the node's); stopped and
-    removed on exit."""
+    """etcd + kube-apiserver + kube-controller-manager (EndpointSlices only) on 127.0.0.1 inside an
+    existing namespace (the node's); stopped and removed on exit."""
     directory = tempfile.mkdtemp(prefix="apiary-kube-", dir=base_dir)
     cluster = kube_apiserver.KubeCluster(ns, directory)
     try:
         cluster.start_etcd()
         cluster.main = cluster.add_server("apiserver")
+        cluster.start_controller_manager()  # Services' EndpointSlices, the agent's backends
         yield cluster
     finally:
         cluster.close()
@@ -123,6 +124,10 @@ def make_k8s_node(base_dir: str):
         with open(os.path.join(state_dir, "agent.json"), "w") as handle:
             json.dump(config, handle)
         node = K8sNode(ns, pin_dir, state_dir, config, cluster)
+        # The Node object a kubelet would register: the EndpointSlice controller skips pods on unknown nodes.
+        registered = cluster.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "Node",
+                                                                           "metadata": {"name": NODE}}))
+        assert registered.returncode == 0, registered.stderr
         try:
             apiary(ns, "datapath", "apply", "--objects", str(OBJECTS), "--pin-dir", pin_dir, "--uplink", "eth0",
                    "--routing-mode", "native")

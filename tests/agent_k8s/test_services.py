@@ -1,5 +1,6 @@
-"""Services in kubeconfig mode: a Service and the pods it selects, from the Kubernetes API, become
-this node's frontends and backends; a pod that is not Ready is no backend; a deleted Service is gone."""
+"""Services in kubeconfig mode: a Service and its EndpointSlices (made by the real EndpointSlice
+controller from the pods it selects, or by hand for a Service without a selector) become this node's
+frontends and backends; a pod that is not Ready is no backend; a deleted Service is gone."""
 from __future__ import annotations
 
 import json
@@ -65,3 +66,38 @@ def test_a_headless_service_is_not_balanced(node, api):
     assert not any(s["frontend"].startswith("None") for s in node.cli("service", "list"))
     resources = node.status()["kubernetes"]["resources"]
     assert resources and all(r["handler_errors"] == 0 for r in resources)
+
+
+def test_a_service_without_selector_takes_the_endpointslices_made_for_it(node, api):
+    """As the API server's own `kubernetes` Service, or a Service for something outside the cluster: its
+    EndpointSlices are written by someone else, and their ports are matched by name."""
+    namespace = create_namespace(api)
+    core = kubernetes.client.CoreV1Api(api)
+    svc = json.loads(core.create_namespaced_service(namespace, {"metadata": {"name": "outside"}, "spec": {
+        "ports": [{"name": "https", "port": 443, "targetPort": 6443}, {"name": "dns", "port": 53, "protocol": "UDP"}]}},
+        _preload_content=False).data)
+    https, dns = ("%s:%s" % (svc["spec"]["clusterIP"], port) for port in ("443/TCP", "53/UDP"))
+    eventually(lambda: _backends(node, https) == [], "the frontend without backends", node=node)
+
+    def endpoint_slice(name, addresses, ready=None):
+        conditions = {} if ready is None else {"ready": ready}
+        return {"metadata": {"name": name, "labels": {"kubernetes.io/service-name": "outside"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [address], "conditions": conditions} for address in addresses],
+                "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}, {"name": "dns", "port": 5353,
+                                                                               "protocol": "UDP"}]}
+    discovery = kubernetes.client.DiscoveryV1Api(api)
+    discovery.create_namespaced_endpoint_slice(namespace, endpoint_slice("outside-a", ["10.99.7.1", "10.99.7.2"]),
+                                               _preload_content=False)
+    discovery.create_namespaced_endpoint_slice(namespace, endpoint_slice("outside-b", ["10.99.7.3"], ready=False),
+                                               _preload_content=False)
+    # Both slices count; an endpoint whose `ready` is unset is ready, one that says false is not.
+    assert eventually(lambda: _backends(node, https), "backends from the slice", node=node) == \
+        ["10.99.7.1:6443/TCP", "10.99.7.2:6443/TCP"]
+    assert _backends(node, dns) == ["10.99.7.1:5353/UDP", "10.99.7.2:5353/UDP"]
+    discovery.patch_namespaced_endpoint_slice("outside-b", namespace, {"endpoints": [
+        {"addresses": ["10.99.7.3"], "conditions": {"ready": True}}]}, _preload_content=False)
+    eventually(lambda: _backends(node, https) == ["10.99.7.1:6443/TCP", "10.99.7.2:6443/TCP", "10.99.7.3:6443/TCP"],
+               "the second slice's endpoint ready", node=node)
+    discovery.delete_namespaced_endpoint_slice("outside-a", namespace, _preload_content=False)
+    eventually(lambda: _backends(node, https) == ["10.99.7.3:6443/TCP"], "the first slice gone", node=node)

@@ -18,7 +18,7 @@ def test_status_says_kubernetes_ok_with_the_api_server_version(node):
     status = node.status()["kubernetes"]
     assert (status["state"], status["message"]) == ("Ok", version)
     assert {r["resource"] for r in status["resources"]} == {
-        "pods", "namespaces", "services", "networkpolicies", "ciliumnetworkpolicies",
+        "pods", "namespaces", "services", "endpointslices", "networkpolicies", "ciliumnetworkpolicies",
         "ciliumclusterwidenetworkpolicies"}
     text = apiary(node.ns, "status", "--socket", node.socket).stdout
     [line] = [line for line in text.splitlines() if line.startswith("Kubernetes:")]

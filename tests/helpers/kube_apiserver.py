@@ -247,6 +247,7 @@ class KubeCluster:
         self.etcd_url = ""
         self.servers: list[ApiServerProcess] = []
         self.main: ApiServerProcess | None = None
+        self.controller_manager: subprocess.Popen | None = None
 
     @property
     def kubeconfig(self) -> str:
@@ -282,6 +283,21 @@ class KubeCluster:
         server = ApiServerProcess(self, free_ports(self.netns, 1)[0], name)
         self.servers.append(server)
         return server.start()
+
+    def start_controller_manager(self, controllers: str = "endpointslice") -> None:
+        """The upstream kube-controller-manager with just `controllers` (the EndpointSlice controller
+        makes Services' slices from the pods they select), against the main API server, serving nothing."""
+        log_path = os.path.join(self.directory, "kube-controller-manager.log")
+        cmd = ["nsenter", "--net=" + netns.path(self.netns), upstream.binary("kube-controller-manager"),
+               "--kubeconfig", self.kubeconfig, "--controllers", controllers, "--leader-elect=false",
+               "--secure-port=0"]
+        with open(log_path, "ab") as log:
+            self.controller_manager = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(0.5)
+        if self.controller_manager.poll() is not None:
+            raise RuntimeError("kube-controller-manager exited (%s):\n%s"
+                               % (self.controller_manager.returncode, _tail(log_path)))
 
     # --- what tests do with it ----------------------------------------------------------------
     def stop(self) -> None:
@@ -345,6 +361,7 @@ class KubeCluster:
             os.close(own)
 
     def close(self) -> None:
+        _stop(self.controller_manager)
         for server in self.servers:
             server.stop()
         _stop(self.etcd_proc)

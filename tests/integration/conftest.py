@@ -182,6 +182,15 @@ def netns_factory():
         delete_netns(name)
 
 
+def pytest_runtest_teardown(item, nextitem):
+    """The seed lab the seed's modules share is reset after the last test that uses it (seed.py)."""
+    from tests.integration import seed
+    if seed.uses_seed_lab(item):
+        later = item.session.items[item.session.items.index(item) + 1:]
+        if not any(seed.uses_seed_lab(other) for other in later):
+            seed.reset_kept()
+
+
 @pytest.fixture(scope="session")
 def lab_reset():
     """The standard lab starts absent and is always torn down at the end (even after failures).

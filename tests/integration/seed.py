@@ -8,7 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from .conftest import KUBECTL, kubectl, root_netns_snapshot, run_playbook, snapshot_diff
+from .conftest import KUBECTL, kubectl, root_netns_snapshot, run_playbook, snapshot_diff, wait_for
 
 LAB = "inventory/lab"
 APIARY = "/usr/local/bin/apiary"
@@ -51,18 +51,74 @@ def exec_stream(pod, *args, namespace=NS) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, text=True)
 
 
-@contextlib.contextmanager
-def seed_cluster(mode):
-    """The lab with the seed's pods, in one routing mode; reset afterwards, also on failure."""
-    run_playbook("reset.yml", LAB)
-    before = root_netns_snapshot(include_netns_list=False)
-    extra = ["-e", "apiary_routing_mode=%s" % mode]
-    rc, out = run_playbook("cluster.yml", LAB, *extra)
-    try:
-        assert rc == 0, out[-4000:]
-        apply_seed()
-        yield {"mode": mode, "extra": extra}
-    finally:
+# The seed lab this session left up for the next module that wants the same routing mode: its mode and
+# the root namespace's snapshot from before it was brought up. A lab takes minutes to bring up; the
+# seed's modules (test_hubble, test_pods, test_policy, test_services) share one where their modes meet.
+_kept: dict = {}
+
+
+def _clean_seed() -> bool:
+    """Back to the seed alone, as apply_seed() left it: what modules added (policies, Services, extra
+    pods, replicas) removed, every agent without policy rules. False when there is no such lab."""
+    if not KUBECTL.exists() or kubectl("get", "deployment", "frontend", "-n", NS, check=False).returncode != 0:
+        return False
+    kubectl("delete", "ciliumnetworkpolicies,networkpolicies,services", "--all", "-n", NS, timeout=180)
+    kubectl("delete", "ciliumclusterwidenetworkpolicies", "--all", timeout=180)
+    seed = {"backend", "netpod"}
+    extra = [name for name in pods() if name not in seed and not name.startswith("frontend-")]
+    if extra:
+        kubectl("delete", "pod", "-n", NS, *extra, "--wait=false")
+    kubectl("scale", "-n", NS, "deployment/frontend", "--replicas=2")
+    kubectl("rollout", "status", "-n", NS, "deployment/frontend", "--timeout=180s", timeout=200)
+    kubectl("wait", "-n", NS, "--for=condition=Ready", "pod", "--all", "--timeout=180s", timeout=200)
+    wait_for("the seed alone", lambda: sorted(pods()) == sorted(
+        [*seed, *(n for n in pods() if n.startswith("frontend-"))]) and len(pods()) == 4, timeout=120)
+    for node in ("node1", "node2", "node3"):
+        wait_for("no policy rules on " + node, lambda: json.loads(apiary(
+            "policy", "get", "--node", node).stdout.rpartition("Revision:")[0]) == [], timeout=60)
+    return True
+
+
+def reset_kept() -> None:
+    """Reset the lab a seed module left up (conftest: after the last test that uses it)."""
+    if _kept:
+        before = _kept.pop("before")
+        _kept.clear()
         rc, out = run_playbook("reset.yml", LAB)
         assert rc == 0, out[-3000:]
         assert snapshot_diff(before, root_netns_snapshot(include_netns_list=False)) == []
+
+
+def uses_seed_lab(item) -> bool:
+    """Whether a collected test runs on the seed lab (its module's `cluster` fixture comes from here)."""
+    return "cluster" in getattr(item, "fixturenames", ()) and \
+        getattr(getattr(item, "module", None), "seed_cluster", None) is seed_cluster
+
+
+@contextlib.contextmanager
+def seed_cluster(mode, session):
+    """The lab with the seed's pods, in one routing mode. A lab the previous seed module left up in the
+    same mode is taken back to the seed alone; otherwise the lab is reset and brought up. It is kept
+    for the next one, unless a test of this module failed (then it is reset here); conftest resets it
+    after the last test that uses it."""
+    failed_before = session.testsfailed
+    if _kept.get("mode") != mode or not _clean_seed():
+        if _kept:
+            reset_kept()
+        else:
+            run_playbook("reset.yml", LAB)
+        _kept.update(before=root_netns_snapshot(include_netns_list=False))
+        extra = ["-e", "apiary_routing_mode=%s" % mode]
+        rc, out = run_playbook("cluster.yml", LAB, *extra)
+        try:
+            assert rc == 0, out[-4000:]
+            apply_seed()
+            _kept["mode"] = mode
+        except BaseException:
+            reset_kept()
+            raise
+    try:
+        yield {"mode": mode, "extra": ["-e", "apiary_routing_mode=%s" % mode]}
+    finally:
+        if session.testsfailed != failed_before:
+            reset_kept()

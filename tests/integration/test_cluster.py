@@ -148,6 +148,28 @@ def endpoint_labels(node, pod_ip):
     return found[0] if found else None
 
 
+def test_pods_reach_the_api_server_through_the_kubernetes_service(fresh_lab):
+    """default/kubernetes has no selector: its backend is the API server's own EndpointSlice (node1's
+    address), which every agent balances to; a pod on another node reaches it by name."""
+    for node in NODES:
+        rows = json.loads(subprocess.run(["/usr/local/bin/apiary", "service", "list", "--node", node, "-o", "json"],
+                                         capture_output=True, text=True, check=True).stdout)
+        [row] = [r for r in rows if r["frontend"] == "10.233.0.1:443/TCP"]
+        assert [b["address"] for b in row["backends"]] == ["10.77.101.11:6443/TCP"], (node, row)
+    kubectl("create", "namespace", "kapi-svc")
+    try:
+        kubectl("run", "curl", "-n", "kapi-svc", "--image=nicolaka/netshoot", "--overrides",
+                json.dumps({"spec": {"nodeName": "node3"}}), "--", "sleep", "3600")
+        kubectl("wait", "-n", "kapi-svc", "--for=condition=Ready", "pod/curl", "--timeout=120s", timeout=130)
+        # /version is open to anyone (system:public-info-viewer); the certificate is the cluster CA's.
+        out = kubectl("exec", "-n", "kapi-svc", "curl", "--", "curl", "-s", "-m", "10",
+                      "--cacert", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+                      "https://kubernetes.default.svc.cluster.local/version").stdout
+        assert json.loads(out)["gitVersion"] == "v1.37.2", out
+    finally:
+        kubectl("delete", "namespace", "kapi-svc", "--wait=false")
+
+
 def test_agents_read_the_kubernetes_api(fresh_lab):
     """The agents watch the API (apiary_kubernetes_objects): labels, policies and status come from it."""
     status = json.loads(subprocess.run(["/usr/local/bin/apiary", "status", "--node", "node2", "-o", "json"],
@@ -211,11 +233,13 @@ def test_a_deleted_node_is_repaired(fresh_lab):
     subprocess.run(["ip", "netns", "del", "apiary-node2"], check=True)
     rc, nodes = lab_nodes()
     assert nodes["node2"]["status"] == "NotReady"
-    rc, out = run = cluster_yml()
-    recap = run.recap
+    rc, out = cluster_yml()
     assert rc == 0, out[-3000:]
     rc, nodes = lab_nodes()
     assert nodes["node2"]["status"] == "Ready", nodes["node2"]
+    # Its kubelet is back too (cluster.yml's last play waits for every node to be Ready).
+    ready = kubectl("get", "node", "node2", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
+    assert ready.stdout == "True", ready.stdout
     assert snapshot_diff(fresh_lab, root_netns_snapshot(include_netns_list=False)) == []
 
 

@@ -29,8 +29,8 @@ LAB_ROOT = "/var/lib/apiary-lab"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with seed_cluster("native") as lab:
+def cluster(request):
+    with seed_cluster("native", request.session) as lab:
         kubectl("apply", "-n", NS, "-f", str(EXAMPLES / "frontend-service.yaml"))
         kubectl("apply", "-n", NS, "-f", str(EXAMPLES / "frontend-backend-policy.yaml"))
         wait_for("the agents to enforce allow-frontend",

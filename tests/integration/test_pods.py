@@ -16,9 +16,10 @@ from .seed import LAB, NS, apiary, exec_in, exec_stream, pods, seed_cluster
 pytestmark = pytest.mark.lab
 
 
+# The order of the modes lets the next seed module take this one's last lab (seed.py).
 @pytest.fixture(scope="module", params=["native", "tunnel"])
 def cluster(request):
-    with seed_cluster(request.param) as lab:
+    with seed_cluster(request.param, request.session) as lab:
         yield lab
 
 

@@ -29,9 +29,10 @@ spec:
 """
 
 
+# The order of the modes lets the next seed module take this one's last lab (seed.py).
 @pytest.fixture(scope="module", params=["native", "tunnel"])
 def cluster(request):
-    with seed_cluster(request.param) as lab:
+    with seed_cluster(request.param, request.session) as lab:
         kubectl("apply", "-n", NS, "-f", str(EXAMPLES / "frontend-service.yaml"))
         yield lab
 
@@ -68,6 +69,46 @@ def test_backend_fetches_the_frontend_page_by_service_name(cluster):
     lookup = exec_in("backend", "nslookup", "frontend.network-policy-test.svc.cluster.local").stdout
     assert cluster_ip() in lookup
     assert "169.254.25.10" in exec_in("backend", "cat", "/etc/resolv.conf").stdout
+
+
+HEADLESS = """\
+apiVersion: v1
+kind: Service
+metadata: {name: frontend-pods, namespace: network-policy-test}
+spec:
+  clusterIP: None
+  selector: {role: frontend}
+  ports:
+  - {name: http, port: 80, targetPort: 80}
+"""
+
+
+def dig(*args):
+    """netpod's dig (netshoot), asking the nameserver of its resolv.conf (the node-local DNS)."""
+    return sorted(exec_in("netpod", "dig", "+short", *args).stdout.split("\n")[:-1])
+
+
+def test_cluster_dns_answers_as_coredns_and_forwards_the_rest(cluster, tmp_path):
+    frontends = sorted(pod["status"]["podIP"] for pod in frontend_pods().values())
+    manifest = tmp_path / "headless.yaml"
+    manifest.write_text(HEADLESS)
+    kubectl("apply", "-f", str(manifest))
+    try:
+        zone = "network-policy-test.svc.cluster.local"
+        # A headless Service: the ready pods' addresses, from its EndpointSlice; also over TCP.
+        wait_for("the headless Service's records", lambda: dig("frontend-pods." + zone) == frontends, timeout=30)
+        assert dig("+tcp", "frontend-pods." + zone) == frontends
+        # SRV for its named port: one per pod, named by its address; each of those names resolves.
+        srv = dig("SRV", "_http._tcp.frontend-pods." + zone)
+        targets = ["%s.frontend-pods.%s." % (ip.replace(".", "-"), zone) for ip in frontends]
+        assert srv == sorted("0 100 80 " + target for target in targets), srv
+        assert dig(targets[0]) == [frontends[0]]
+        # A pod's own name, as with CoreDNS's `pods insecure`.
+        assert dig(frontends[0].replace(".", "-") + ".network-policy-test.pod.cluster.local") == [frontends[0]]
+        # A name outside the cluster: asked of upstream_dns_servers (the world's dnsmasq in the lab).
+        assert dig("www.example.org") == ["198.51.100.80"]
+    finally:
+        kubectl("delete", "-f", str(manifest))
 
 
 def test_both_replicas_on_two_nodes_serve(cluster):

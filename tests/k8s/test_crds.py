@@ -125,6 +125,8 @@ def _set(path: str, value):
 
 @pytest.mark.parametrize("change, field, words", [
     (_set("ingress.0.toPorts.0.ports.0.port", 80), "spec.ingress[0].toPorts[0].ports[0].port", "string"),
+    (_set("ingress.0.toPorts.0.ports.0.port", "99999"), "spec.ingress[0].toPorts[0].ports[0].port", "should match"),
+    (_set("ingress.0.toPorts.0.ports.0.port", "65536"), "spec.ingress[0].toPorts[0].ports[0].port", "should match"),
     (_set("ingress.0.toPorts.0.ports.0.protocol", "HTTP"), "spec.ingress[0].toPorts[0].ports[0].protocol",
      "supported values"),
     (_set("ingress.0.toPorts.0.ports.1.endPort", 70000), "spec.ingress[0].toPorts[0].ports[1].endPort",

@@ -7,7 +7,8 @@ the datapath's frontends and backends (apiary.datapath.lb) as Cilium's service c
 - allocate(): the ClusterIP (from the service range) and NodePorts (30000-32767) the API server would
   give, kept across re-applies; a collision or an address outside the range names the field.
 - service_frontends() / service_backends(): what one node programs for a Service and the ready pods
-  it selects.
+  it selects (the lab's imitation store); slice_backends(): the same from the Service's EndpointSlices
+  (the Kubernetes API, where the EndpointSlice controller or the API server itself chose them).
 """
 from __future__ import annotations
 
@@ -229,6 +230,36 @@ def service_backends(svc: dict, port: dict, pods: list, node_name: str) -> list:
         number = target_port(port, pod)
         if number is not None:
             out.add((pod["status"]["podIP"], number, port["protocol"], pod["spec"].get("nodeName") == node_name))
+    return sorted(out)
+
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # an EndpointSlice's Service (discovery.k8s.io/v1)
+
+
+def slice_service(endpoint_slice: dict) -> str | None:
+    """The name of the Service an EndpointSlice belongs to (its kubernetes.io/service-name label)."""
+    return ((endpoint_slice.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
+
+
+def slice_backends(port: dict, slices: list, node_name: str) -> list:
+    """[(address, port, protocol, local)] of one Service port from the Service's EndpointSlices, sorted:
+    every ready endpoint's addresses with the slice's port of the same name and protocol, as kube-proxy
+    takes them (an endpoint whose `ready` is unset counts as ready; a terminating one is not ready)."""
+    name = port.get("name") or ""
+    out = set()
+    for endpoint_slice in slices:
+        if endpoint_slice.get("addressType") != "IPv4":
+            continue
+        numbers = [p["port"] for p in endpoint_slice.get("ports") or []
+                   if (p.get("name") or "") == name and p.get("protocol", "TCP") == port["protocol"]
+                   and p.get("port") is not None]
+        for endpoint in endpoint_slice.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready") is False:
+                continue
+            local = endpoint.get("nodeName") == node_name
+            for number in numbers:
+                for address in endpoint.get("addresses") or []:
+                    out.add((address, number, port["protocol"], local))
     return sorted(out)
 
 

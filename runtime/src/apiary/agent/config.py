@@ -27,7 +27,9 @@ class AgentConfig:
     uplink: str = "eth0"
     device_mtu: int = 1500
     cluster_name: str = "default"
-    dns_address: str | None = None  # the node-local DNS address the agent serves Service names on
+    dns_address: str | None = None  # the node-local DNS address the agent serves the cluster's names on
+    cluster_domain: str = "cluster.local"  # the kubelet's clusterDomain (Kubespray's dns_domain)
+    upstream_dns_servers: tuple = ()  # where names outside the cluster domain are asked (none: REFUSED)
     lb_algorithm: str = "random"
     maglev_table_size: int = 16381
     # etcd's CA and this node's client certificate (https:// endpoints; etcd requires client certificates)
@@ -80,6 +82,11 @@ class AgentConfig:
             ipaddress.ip_address(self.node_ip)
         except ValueError as exc:
             raise UserError("%s: %s" % (where, exc)) from exc
+        for server in self.upstream_dns_servers:
+            try:
+                ipaddress.IPv4Address(server)
+            except ValueError as exc:
+                raise UserError("%s: upstream_dns_servers: %s" % (where, exc)) from exc
         if self.kubeconfig is not None and not (isinstance(self.kubeconfig, str) and self.kubeconfig.startswith("/")):
             raise UserError("%s: kubeconfig: %r is not an absolute path" % (where, self.kubeconfig))
         if not pool.prefixlen < int(self.cluster_pool_ipv4_mask_size) <= 30:

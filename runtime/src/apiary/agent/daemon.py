@@ -84,7 +84,8 @@ class Agent:
         self.policy.first_sync()
         self.sync.policy = self.policy
         self.services = ServiceManager(lb.LoadBalancer(cfg.pin_dir, cfg.lb_algorithm, cfg.maglev_table_size,
-                                                       node_address=cfg.node_ip), cfg.node_name, cfg.node_ip)
+                                                       node_address=cfg.node_ip), cfg.node_name, cfg.node_ip,
+                                       endpoint_slices=bool(cfg.kubeconfig))
         if cfg.kubeconfig:
             self.kubernetes = KubernetesSource(cfg, self.policy, self.services, self.hubble_settings.enabled)
         else:
@@ -94,7 +95,8 @@ class Agent:
         if cfg.dns_address:
             # Kubespray's nodelocaldns address: an address of every node, named in the pods' resolv.conf.
             ip.run(["addr", "replace", "%s/32" % cfg.dns_address, "dev", "lo"])
-            self.dns = DnsServer(cfg.dns_address, self.services.cluster_ip).start()
+            catalogue = self.kubernetes if cfg.kubeconfig else self.services
+            self.dns = DnsServer(cfg.dns_address, catalogue, cfg.cluster_domain, cfg.upstream_dns_servers).start()
         self.endpoints = EndpointManager(cfg, self.store, self.datapath, cfg.node_ip, self.policy,
                                          labels=self.kubernetes)
         if self.kubernetes is not None:

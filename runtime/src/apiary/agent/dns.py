@@ -1,114 +1,310 @@
-"""Service names for the pods of this node, served by the agent at the node-local DNS address
-(Kubespray's nodelocaldns, 169.254.25.10 by default; the pods' resolv.conf names it).
+"""The cluster's DNS, served by every node's agent at the node-local DNS address (Kubespray's
+nodelocaldns, 169.254.25.10 by default; the kubelet's clusterDNS, so the pods' resolv.conf names it).
 
-`<service>.<namespace>.svc.<cluster domain>` answers with the Service's ClusterIP (A, TTL 5 s, as
-CoreDNS's kubernetes plugin). Any other name in the cluster domain is NXDOMAIN; a known name asked
-for another type gets an empty answer (so AAAA lookups do not fail the A one); names outside the
-cluster domain are REFUSED: the lab has no upstream resolver. UDP only, as pods' resolvers ask first.
+It answers as CoreDNS's `kubernetes` plugin does with Kubespray's Corefile (`pods insecure`), from the
+objects the agent already watches (docs/dns.md says why this is the agent's and not a CoreDNS
+Deployment):
+
+- `<service>.<namespace>.svc.<domain>`: A with the ClusterIP; for a headless Service, one A per ready
+  endpoint of its EndpointSlices; for an ExternalName Service, a CNAME to its external name.
+- `<endpoint>.<service>.<namespace>.svc.<domain>` of a headless Service: A with the endpoint's address,
+  named by its `hostname` (StatefulSets) or its address with dashes (10-233-64-5).
+- `_<port>._<protocol>.<service>.<namespace>.svc.<domain>`: SRV for a named port (priority 0, weight
+  100 as CoreDNS), the target being the Service's name (ClusterIP) or each endpoint's name (headless),
+  with their A records as additional records; SRV on the Service's own name lists every named port.
+- `<a-b-c-d>.<namespace>.pod.<domain>`: A with a.b.c.d (`pods insecure`: not checked against pods).
+- Any other name in the cluster domain: NXDOMAIN; a name that exists asked for another type (AAAA):
+  NOERROR without answers. TTL 5 s (CoreDNS's default).
+- Names outside the cluster domain go to the upstream servers (Kubespray's `upstream_dns_servers`) and
+  their answer comes back as it is; SERVFAIL when none answers, REFUSED when there are none.
+
+UDP and TCP. A UDP answer longer than the client accepts (512 bytes, or its EDNS size) is sent
+truncated (TC), and the client asks again over TCP, as with any DNS server.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
-import struct
+import socketserver
 import threading
+from typing import Protocol
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
 
 log = logging.getLogger("apiary.agent.dns")
 
 CLUSTER_DOMAIN = "cluster.local"
 TTL = 5
-TYPE_A, TYPE_ANY, CLASS_IN = 1, 255, 1
-NOERROR, FORMERR, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 3, 4, 5
+UPSTREAM_TIMEOUT = 2.0  # seconds per upstream server
+SRV_PRIORITY, SRV_WEIGHT = 0, 100
 
 
-def _question(query: bytes):
-    """(lowercased name, qtype, end offset of the question) or None when it does not parse."""
-    labels, offset = [], 12
-    while True:
-        if offset >= len(query):
+class Catalogue(Protocol):
+    """What the answers are made of: the agent's Kubernetes source provides it (its watch caches), or
+    in store mode its service cache."""
+
+    def service(self, namespace: str, name: str) -> dict | None:
+        """The Service object, or None."""
+
+    def endpoint_slices(self, namespace: str, name: str) -> list:
+        """The Service's EndpointSlices (discovery.k8s.io/v1 objects)."""
+
+
+def _ready_endpoints(slices: list) -> list:
+    """[(address, hostname or None)] of the ready IPv4 endpoints, sorted (a stable answer)."""
+    out = set()
+    for endpoint_slice in slices:
+        if endpoint_slice.get("addressType") != "IPv4":
+            continue
+        for endpoint in endpoint_slice.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready") is False:
+                continue
+            for address in endpoint.get("addresses") or []:
+                out.add((address, endpoint.get("hostname")))
+    return sorted(out)
+
+
+def _endpoint_label(address: str, hostname: str | None) -> str:
+    return hostname or address.replace(".", "-")
+
+
+def _slice_ports(slices: list) -> list:
+    """[(name, protocol, port)] of the named ports of a headless Service's slices."""
+    return sorted({(p["name"], p.get("protocol", "TCP"), p["port"]) for s in slices for p in s.get("ports") or []
+                   if p.get("name") and p.get("port") is not None})
+
+
+class Resolver:
+    """Answers one query (dns.message.Message) from the catalogue, or forwards it upstream."""
+
+    def __init__(self, catalogue: Catalogue, domain: str = CLUSTER_DOMAIN, upstream: tuple = ()):
+        self.catalogue = catalogue
+        self.zone = dns.name.from_text(domain)
+        # Each server: an address (port 53), or (address, port).
+        self.upstream = tuple((server, 53) if isinstance(server, str) else tuple(server) for server in upstream)
+
+    def respond(self, wire: bytes, max_size: int | None = None) -> bytes | None:
+        """The reply to a query in wire format (None: nothing to reply to); max_size: UDP's limit."""
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.message.ShortHeader:
             return None
-        length = query[offset]
-        if length == 0:
-            offset += 1
-            break
-        if length & 0xC0 or offset + 1 + length > len(query):  # no compression in a question
+        except dns.exception.DNSException:
+            return _error(wire, dns.rcode.FORMERR)
+        if query.flags & dns.flags.QR:
+            return None  # a response: never answer those
+        if query.opcode() != dns.opcode.QUERY:
+            return self._reply(query, dns.rcode.NOTIMP).to_wire()
+        if len(query.question) != 1:
+            return self._reply(query, dns.rcode.FORMERR).to_wire()
+        question = query.question[0]
+        if not question.name.is_subdomain(self.zone):
+            return self._forward(query, wire)
+        response = self._reply(query, dns.rcode.NOERROR)
+        response.flags |= dns.flags.AA
+        self._answer(question.name, question.rdtype, response)
+        limit = max_size if max_size is not None else 65535
+        if query.edns >= 0 and max_size is not None:
+            limit = max(max_size, query.payload)
+        try:
+            return response.to_wire(max_size=limit)
+        except dns.exception.TooBig:
+            truncated = self._reply(query, response.rcode())
+            truncated.flags |= dns.flags.AA | dns.flags.TC
+            return truncated.to_wire()
+
+    @staticmethod
+    def _reply(query, rcode: int):
+        response = dns.message.make_response(query)
+        response.set_rcode(rcode)
+        return response
+
+    # --- the cluster's names ------------------------------------------------------------------------
+    def _answer(self, name, rdtype, response) -> None:
+        labels = [label.decode("ascii", "replace").lower() for label in name.relativize(self.zone).labels]
+        records = self._records(labels, name)
+        if records is None:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            return
+        answers, additional = records
+        for rrset in answers:
+            if rrset.rdtype == rdtype or rdtype == dns.rdatatype.ANY or rrset.rdtype == dns.rdatatype.CNAME:
+                response.answer.append(rrset)
+        if response.answer:
+            response.additional.extend(additional)
+
+    def _records(self, labels: list, name) -> tuple | None:
+        """([answer rrsets], [additional rrsets]) of a name in the zone, None when it does not exist."""
+        if len(labels) == 3 and labels[2] == "pod":  # a-b-c-d.<namespace>.pod
+            try:
+                address = ipaddress.IPv4Address(labels[0].replace("-", "."))
+            except ValueError:
+                return None
+            return [_rrset(name, dns.rdatatype.A, str(address))], []
+        if len(labels) < 3 or labels[-1] != "svc":
             return None
-        labels.append(query[offset + 1:offset + 1 + length].decode("ascii", "replace").lower())
-        offset += 1 + length
-    if offset + 4 > len(query):
+        namespace, service_name = labels[-2], labels[-3]
+        svc = self.catalogue.service(namespace, service_name)
+        if svc is None:
+            return None
+        spec = svc.get("spec") or {}
+        service_fqdn = dns.name.from_text("%s.%s.svc" % (service_name, namespace), self.zone)
+        if spec.get("type") == "ExternalName":
+            if len(labels) != 3:
+                return None
+            return [_rrset(name, dns.rdatatype.CNAME, dns.name.from_text(spec["externalName"]).to_text())], []
+        headless = spec.get("clusterIP") in (None, "", "None")
+        slices = self.catalogue.endpoint_slices(namespace, service_name) if headless else []
+        endpoints = _ready_endpoints(slices)
+        if len(labels) == 3:  # the Service's name
+            if headless:
+                a = [_rrset(name, dns.rdatatype.A, *[address for address, _ in endpoints])] if endpoints else []
+            else:
+                a = [_rrset(name, dns.rdatatype.A, spec["clusterIP"])]
+            srv, extra = self._srv(name, service_fqdn, spec, endpoints, slices, headless, None, None)
+            return a + srv, extra
+        if len(labels) == 4 and headless:  # <endpoint>.<service>
+            found = [address for address, hostname in endpoints if _endpoint_label(address, hostname) == labels[0]]
+            return ([_rrset(name, dns.rdatatype.A, *found)], []) if found else None
+        if len(labels) == 5 and labels[0].startswith("_") and labels[1].startswith("_"):  # _port._proto.<service>
+            srv, extra = self._srv(name, service_fqdn, spec, endpoints, slices, headless,
+                                   labels[0][1:], labels[1][1:].upper())
+            return (srv, extra) if srv else None
         return None
-    qtype, _ = struct.unpack("!HH", query[offset:offset + 4])
-    return ".".join(labels), qtype, offset + 4
+
+    def _srv(self, name, service_fqdn, spec, endpoints, slices, headless, port_name, protocol) -> tuple:
+        """SRV records of the Service's named ports (all, or the one asked for) and their targets' A."""
+        ports = _slice_ports(slices) if headless else sorted(
+            (p["name"], p.get("protocol", "TCP"), p["port"]) for p in spec.get("ports") or [] if p.get("name"))
+        wanted = [(n, proto, port) for n, proto, port in ports
+                  if port_name is None or (n.lower() == port_name and proto == protocol)]
+        records, additional = [], {}
+        for _, _, port in wanted:
+            if headless:
+                for address, hostname in endpoints:
+                    target = dns.name.from_text(_endpoint_label(address, hostname), service_fqdn)
+                    records.append("%d %d %d %s" % (SRV_PRIORITY, SRV_WEIGHT, port, target.to_text()))
+                    additional[target] = address
+            else:
+                records.append("%d %d %d %s" % (SRV_PRIORITY, SRV_WEIGHT, port, service_fqdn.to_text()))
+                additional[service_fqdn] = spec["clusterIP"]
+        if not records:
+            return [], []
+        return ([_rrset(name, dns.rdatatype.SRV, *records)],
+                [_rrset(target, dns.rdatatype.A, address) for target, address in sorted(additional.items())])
+
+    # --- other names --------------------------------------------------------------------------------
+    def _forward(self, query, wire: bytes) -> bytes:
+        if not self.upstream:
+            return self._reply(query, dns.rcode.REFUSED).to_wire()
+        for server in self.upstream:
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.settimeout(UPSTREAM_TIMEOUT)
+                    sock.connect(server)
+                    sock.send(wire)
+                    while True:
+                        reply = sock.recv(65535)
+                        if reply[:2] == wire[:2]:  # the answer to this query (its ID)
+                            return reply
+            except OSError as exc:
+                log.debug("dns: upstream %s: %s", server, exc)
+        return self._reply(query, dns.rcode.SERVFAIL).to_wire()
 
 
-def answer(query: bytes, cluster_ip, domain: str = CLUSTER_DOMAIN) -> bytes | None:
-    """The reply to one DNS query (None: not even a header to reply to). cluster_ip(namespace,
-    service) gives the Service's address or None."""
-    if len(query) < 12:
-        return None
-    qid, flags, qdcount = struct.unpack("!HHH", query[:6])
-    if flags & 0x8000:
-        return None  # a response: never answer those
-    opcode_rd = flags & 0x7900
-    parsed = _question(query) if qdcount == 1 else None
+def _rrset(name, rdtype, *values):
+    return dns.rrset.from_text_list(name, TTL, dns.rdataclass.IN, rdtype, list(values))
 
-    def reply(rcode: int, question: bytes = b"", answers: bytes = b"", count: int = 0) -> bytes:
-        header = struct.pack("!HHHHHH", qid, 0x8000 | opcode_rd | 0x0400 | 0x0080 | rcode,
-                             1 if question else 0, count, 0, 0)
-        return header + question + answers
 
-    if parsed is None:
-        return reply(FORMERR)
-    name, qtype, end = parsed
-    question = query[12:end]
-    if flags & 0x7800:
-        return reply(NOTIMP, question)
-    suffix = ".svc." + domain
-    if not name.endswith(suffix) and name != domain and not name.endswith("." + domain):
-        return reply(REFUSED, question)
-    parts = name[:-len(suffix)].split(".") if name.endswith(suffix) else []
-    address = cluster_ip(parts[1], parts[0]) if len(parts) == 2 else None
-    if address is None:
-        return reply(NXDOMAIN, question)
-    if qtype not in (TYPE_A, TYPE_ANY):
-        return reply(NOERROR, question)
-    record = struct.pack("!HHHIH", 0xC00C, TYPE_A, CLASS_IN, TTL, 4) + socket.inet_aton(address)
-    return reply(NOERROR, question, record, 1)
+def _error(wire: bytes, rcode: int) -> bytes:
+    """A bare reply (ID and opcode of the query, no question) for a query that does not parse."""
+    flags = (wire[2] & 0x79) << 8 | 0x8000 | rcode  # QR, the opcode and RD of the query
+    return wire[:2] + flags.to_bytes(2, "big") + bytes(8)
 
 
 class DnsServer:
-    """A UDP responder on (address, port) in a thread of its own."""
+    """UDP and TCP on (address, port), each in a thread of its own."""
 
-    def __init__(self, address: str, cluster_ip, port: int = 53):
-        self.cluster_ip = cluster_ip
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((address, port))
-        self.thread = threading.Thread(target=self._serve, name="dns", daemon=True)
+    def __init__(self, address: str, catalogue, domain: str = CLUSTER_DOMAIN, upstream: tuple = (), port: int = 53):
+        self.resolver = Resolver(catalogue, domain, upstream)
+        resolver = self.resolver
+
+        class Udp(socketserver.BaseRequestHandler):
+            def handle(self):
+                data, sock = self.request
+                reply = resolver.respond(data, max_size=512)
+                if reply is not None:
+                    sock.sendto(reply, self.client_address)
+
+        class Tcp(socketserver.StreamRequestHandler):
+            timeout = 10  # an idle connection is closed after this (seconds)
+
+            def handle(self):
+                while True:  # a client may send several queries on one connection
+                    size = self.rfile.read(2)
+                    if len(size) < 2:
+                        return
+                    reply = resolver.respond(self.rfile.read(int.from_bytes(size, "big")))
+                    if reply is None:
+                        return
+                    self.wfile.write(len(reply).to_bytes(2, "big") + reply)
+
+        udp = _Threaded(_UdpServer, (address, port), Udp)
+        self.port = udp.server.server_address[1]  # port 0: the one UDP got, for TCP too
+        self.servers = [udp, _Threaded(_TcpServer, (address, self.port), Tcp)]
 
     def start(self) -> "DnsServer":
-        self.thread.start()
+        for server in self.servers:
+            server.start()
         return self
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                query, peer = self.sock.recvfrom(512)
-            except OSError:
-                return  # closed
-            if not query and peer is None:
-                return  # shut down
-            try:
-                response = answer(query, self.cluster_ip)
-                if response is not None:
-                    self.sock.sendto(response, peer)
-            except Exception as exc:  # noqa: BLE001 - one bad query must not stop the server
-                log.warning("dns: query from %s: %s", peer, exc)
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+class _UdpServer(socketserver.ThreadingUDPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class _TcpServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class _Threaded:
+    def __init__(self, kind, address, handler):
+        self.server = kind(address, _Logged.wrap(handler))
+        self.thread = threading.Thread(target=self.server.serve_forever, name="dns", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
 
     def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread's recvfrom
-        except OSError:
-            pass
-        self.sock.close()
+        self.server.shutdown()
+        self.server.server_close()
         self.thread.join(timeout=5)
+
+
+class _Logged:
+    @staticmethod
+    def wrap(handler):
+        """One bad query must not stop the server, nor print a traceback to stderr."""
+        class Handler(handler):
+            def handle(self):
+                try:
+                    super().handle()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("dns: query from %s: %s", self.client_address, exc)
+        return Handler

@@ -2,14 +2,14 @@
 API server, as Cilium's agent watches them (pkg/k8s watchers).
 
 One apiary.k8s.watch.Watcher lists and watches pods (cluster-wide), namespaces, services,
-networkpolicies, ciliumnetworkpolicies and ciliumclusterwidenetworkpolicies. Its events feed the
+endpointslices, networkpolicies, ciliumnetworkpolicies and ciliumclusterwidenetworkpolicies. Its events feed the
 same managers as the store does in store mode, through their `load`/`handle`, under the store's key
 form (`/apiary/objects/<plural>/<namespace or _>/<name>`) with the API's objects as values:
 
 - the policy repository (agent/policy.py) gets policies and pods (named ports), as source
   "kubernetes" (the identities still come from the store);
-- the service cache (agent/services.py) gets Services and pods; a Service the datapath cannot
-  balance (headless, ExternalName) is passed as absent;
+- the service cache (agent/services.py) gets Services and their EndpointSlices (the backends); a
+  Service the datapath cannot balance (headless, ExternalName) is passed as absent;
 - the endpoints (agent/endpoints.py) take their pods' and namespaces' labels from the watcher's
   cache (this class is their label source), and a label change re-resolves the identity of the
   endpoints it concerns.
@@ -38,6 +38,7 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 import apiary.policy as policy_lib
+import apiary.service as service_lib
 from apiary.errors import UserError
 from apiary.k8s import client, crds, events, watch
 
@@ -46,7 +47,7 @@ log = logging.getLogger("apiary.agent.kubernetes")
 SOURCE = "kubernetes"  # the policy repository's name for this source
 OBJECTS = "/apiary/objects/"
 POLICY_RESOURCES = {kind: plural for kind, (_, plural, _) in policy_lib.KINDS.items()}
-RESOURCES = ("namespaces", "pods", "services") + tuple(POLICY_RESOURCES.values())
+RESOURCES = ("namespaces", "pods", "services", "endpointslices") + tuple(POLICY_RESOURCES.values())
 POD_WAIT = 5.0  # seconds CNI ADD waits for a pod the watch has not brought yet, before a direct GET
 PROBE_TIMEOUT = 2.0  # `apiary status` asks the API server with this (connect, read) timeout
 BACKOFF = (1.0, 30.0)  # setup steps (CRDs, ConfigMap) that failed are tried again after this
@@ -139,6 +140,8 @@ class KubernetesSource:
         self.reported: dict[str, str] = {}  # store key -> the problems last reported on the policy
         self.relabel_pending = False  # an identity change failed (e.g. etcd down): tried again later
         self.setup_errors: dict[str, str] = {}
+        # (namespace, Service name) -> {EndpointSlice name: slice}: the cluster DNS's headless answers.
+        self.slices_of: dict[tuple, dict] = collections.defaultdict(dict)
         self.watcher = watch.Watcher(self.api)
         self.reflectors = {}
         for resource in RESOURCES:
@@ -200,7 +203,9 @@ class KubernetesSource:
             objects = {name: reflector.list() for name, reflector in self.reflectors.items()}
             self.revision += 1
             policy_items = [Item(store_key("pods", pod), pod) for pod in objects["pods"]]
-            service_items = list(policy_items)
+            service_items = [Item(store_key("endpointslices", s), s) for s in objects["endpointslices"]]
+            for endpoint_slice in objects["endpointslices"]:
+                self._index_slice(None, endpoint_slice)
             for svc in objects["services"]:
                 if balanced_service(svc) is not None:
                     service_items.append(Item(store_key("services", svc), svc))
@@ -230,7 +235,9 @@ class KubernetesSource:
             self.revision += 1
             if resource == "pods":
                 self.policy.handle(key, new, self.revision, source=SOURCE)
+            elif resource == "endpointslices":
                 self.services.handle(key, new, self.revision)
+                self._index_slice(old, new)
             elif resource == "services":
                 self.services.handle(key, balanced_service(new) if new is not None else None, self.revision)
             elif resource in POLICY_RESOURCES.values():
@@ -251,6 +258,25 @@ class KubernetesSource:
                 self._update_labels(new["metadata"]["name"])
         if resource in POLICY_RESOURCES.values() and new is not None:
             self._report(key, new)
+
+    def _index_slice(self, old: dict | None, new: dict | None) -> None:
+        for obj, present in ((old, False), (new, True)):
+            if obj is None:
+                continue
+            meta = obj["metadata"]
+            owner = (meta["namespace"], service_lib.slice_service(obj))
+            if present:
+                self.slices_of[owner][meta["name"]] = obj
+            else:
+                self.slices_of.get(owner, {}).pop(meta["name"], None)
+
+    # --- the cluster DNS's catalogue (apiary.agent.dns.Catalogue) ---------------------------------------
+    def service(self, namespace: str, name: str) -> dict | None:
+        return self.reflectors["services"].get("%s/%s" % (namespace, name))
+
+    def endpoint_slices(self, namespace: str, name: str) -> list:
+        with self.lock:
+            return list(self.slices_of.get((namespace, name), {}).values())
 
     def _update_labels(self, namespace: str | None = None, pod_name: str | None = None) -> None:
         if namespace is None:

@@ -1,14 +1,18 @@
-"""The agent's service cache: every Service of the cluster and the pods they select (from the store,
-or from the Kubernetes API in kubeconfig mode: agent/kubernetes.py passes them under the same keys),
-turned into this node's load-balancing maps (apiary.datapath.lb), as Cilium's ServiceCache and
-service manager do.
+"""The agent's service cache: every Service of the cluster and its backends, turned into this node's
+load-balancing maps (apiary.datapath.lb), as Cilium's ServiceCache and service manager do. The
+backends are the Service's EndpointSlices in kubeconfig mode (agent/kubernetes.py passes Services and
+slices under store-like keys), or the pods it selects in the lab's imitation store.
 
 - A Service gives one frontend per port and address (ClusterIP; this node's IP for a NodePort; the
-  LoadBalancer IP; each external IP), with the Running pods it selects as backends (their targetPort,
-  numeric or named). apiary.service holds that translation. As an EndpointSlice would, a pod that is
-  terminating (deletionTimestamp) or whose Ready condition is not True is no backend.
-- Changes are incremental: a Service event reprograms that Service's frontends; a pod event only the
-  Services of its namespace whose selector matches the pod before or after the event. A frontend
+  LoadBalancer IP; each external IP). Its backends: the ready endpoints of its EndpointSlices with
+  the slice's port of the same name (what the EndpointSlice controller made of the selector, named
+  target ports and readiness; also the API server's own slice for the `kubernetes` Service), or, from
+  the store, the Running pods it selects (their targetPort, numeric or named), where, as an
+  EndpointSlice would, a pod that is terminating (deletionTimestamp) or whose Ready condition is not
+  True is no backend. apiary.service holds both translations.
+- Changes are incremental: a Service event reprograms that Service's frontends; an EndpointSlice event
+  the Service it names; a pod event only the Services of its namespace whose selector matches the
+  pod before or after the event. A frontend
   whose backends and settings did not change is not written at all.
 - Revisions (`store_revision`): the last event's etcd revision, or in kubeconfig mode the Kubernetes
   source's count of applied events.
@@ -31,6 +35,7 @@ log = logging.getLogger("apiary.agent.services")
 
 SERVICES = "/apiary/objects/services/"
 PODS = "/apiary/objects/pods/"
+ENDPOINT_SLICES = "/apiary/objects/endpointslices/"
 MAX_SERVICE_ID = 0xFFFF
 
 
@@ -58,14 +63,17 @@ def _namespace(key: str) -> str:
 
 
 class ServiceManager:
-    def __init__(self, balancer: lb.LoadBalancer, node_name: str, node_ip: str):
+    def __init__(self, balancer: lb.LoadBalancer, node_name: str, node_ip: str, endpoint_slices: bool = False):
         self.lb = balancer
         self.node_name, self.node_ip = node_name, node_ip
+        # Backends from EndpointSlices (the Kubernetes API), or from the pods (the imitation store).
+        self.endpoint_slices = endpoint_slices
         self.lock = threading.RLock()
         # By namespace, then store key: an event looks only at its namespace's objects, so its cost
         # does not grow with the cluster's other Services and pods.
         self.services: dict[str, dict] = collections.defaultdict(dict)
         self.pods: dict[str, dict] = collections.defaultdict(dict)
+        self.slices: dict[str, dict] = collections.defaultdict(dict)
         self.programmed: dict[str, dict] = {}  # store key -> {frontend key: (Frontend, backends)}
         self.frontend_ids: dict[str, int] = {}
         self.backend_ids: dict[str, int] = {}
@@ -86,13 +94,13 @@ class ServiceManager:
         self.metrics = None
 
     # --- the store ----------------------------------------------------------------------------
-    @staticmethod
-    def is_ours(key: str) -> bool:
-        return key.startswith(SERVICES) or key.startswith(PODS)
+    def is_ours(self, key: str) -> bool:
+        return key.startswith(SERVICES) or key.startswith(ENDPOINT_SLICES if self.endpoint_slices else PODS)
 
     def load(self, kvs: list, revision: int) -> None:
         with self.lock:
-            self.services, self.pods = collections.defaultdict(dict), collections.defaultdict(dict)
+            self.services, self.pods, self.slices = (collections.defaultdict(dict), collections.defaultdict(dict),
+                                                     collections.defaultdict(dict))
             for kv in kvs:
                 if self.is_ours(kv.key):
                     self._store(kv.key)[kv.key] = _decode(kv.value)
@@ -132,6 +140,12 @@ class ServiceManager:
                 self._program(key, objects.get(key))
                 if self.metrics is not None:  # the change arrived -> the datapath serves it
                     self.metrics.observe(time.monotonic() - arrived)
+            elif self.loaded and key.startswith(ENDPOINT_SLICES):
+                namespace = _namespace(key)
+                for name in {service.slice_service(s) for s in (before, objects.get(key)) if s} - {None}:
+                    svc_key = "%s%s/%s" % (SERVICES, namespace, name)
+                    if svc_key in self.services[namespace]:
+                        self._program(svc_key, self.services[namespace][svc_key])
             elif self.loaded:
                 pods = [p for p in (before, objects.get(key)) if p]
                 for svc_key, svc in list(self.services[_namespace(key)].items()):
@@ -142,7 +156,9 @@ class ServiceManager:
 
     def _store(self, key: str) -> dict:
         """The dict of the key's kind and namespace."""
-        return (self.services if key.startswith(SERVICES) else self.pods)[_namespace(key)]
+        kind = self.services if key.startswith(SERVICES) else self.slices if key.startswith(ENDPOINT_SLICES) \
+            else self.pods
+        return kind[_namespace(key)]
 
     # --- programming ----------------------------------------------------------------------------
     def desired(self, svc: dict) -> dict:
@@ -150,15 +166,21 @@ class ServiceManager:
         spec = svc["spec"]
         affinity = (spec.get("sessionAffinityConfig") or {}).get("clientIP", {}).get("timeoutSeconds") \
             if spec.get("sessionAffinity") == "ClientIP" else None
-        pods = [pod for pod in self.pods[svc["metadata"]["namespace"]].values() if serving(pod)]
+        namespace, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+        if self.endpoint_slices:
+            slices = [s for s in self.slices[namespace].values() if service.slice_service(s) == name]
+        else:
+            pods = [pod for pod in self.pods[namespace].values() if serving(pod)]
         out = {}
         for port, address, number, kind in service.service_frontends(svc, self.node_ip):
             frontend = lb.Frontend(address, number, port["protocol"], kind,
                                    local_only_external=spec.get("externalTrafficPolicy") == "Local",
                                    local_only_internal=spec.get("internalTrafficPolicy") == "Local",
                                    affinity_timeout=affinity)
+            found = service.slice_backends(port, slices, self.node_name) if self.endpoint_slices \
+                else service.service_backends(svc, port, pods, self.node_name)
             backends = [lb.Backend(self._backend_id("%s:%d/%s" % (ip, p, proto)), ip, p, proto, local=local)
-                        for ip, p, proto, local in service.service_backends(svc, port, pods, self.node_name)]
+                        for ip, p, proto, local in found]
             out[_frontend_key(frontend)] = (frontend, backends)
         return out
 
@@ -207,11 +229,14 @@ class ServiceManager:
                 self.backend_ids.pop(backend.name, None)
 
     # --- views ----------------------------------------------------------------------------------
-    def cluster_ip(self, namespace: str, name: str) -> str | None:
-        """For the node-local DNS: the Service's address, None when there is no such Service."""
+    # --- the cluster DNS's catalogue (apiary.agent.dns.Catalogue) in store mode -----------------------
+    def service(self, namespace: str, name: str) -> dict | None:
         with self.lock:
-            svc = self.services.get(namespace, {}).get("%s%s/%s" % (SERVICES, namespace, name))
-            return None if svc is None else svc["spec"].get("clusterIP")
+            return self.services.get(namespace, {}).get("%s%s/%s" % (SERVICES, namespace, name))
+
+    def endpoint_slices(self, namespace: str, name: str) -> list:
+        with self.lock:
+            return [s for s in self.slices.get(namespace, {}).values() if service.slice_service(s) == name]
 
     def list(self) -> list:
         """`apiary service list`: ID, frontend, type, backends (by the maps, as Cilium shows them)."""
