@@ -16,6 +16,8 @@ import ipaddress
 import json
 import random
 
+from apiary.k8s.validation import IANA_SVC_NAME, check_labels
+
 TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 POLICIES = ("Cluster", "Local")
@@ -43,9 +45,7 @@ def _choice(c, spec: dict, field: str, allowed: tuple, default: str) -> str:
 
 
 def check_spec(c, spec) -> dict:
-    """The normalized spec of a Service; problems go to the checker `c` (apiary.lab.objects._Checker)."""
-    from apiary.lab.objects import IANA_SVC_NAME, check_labels
-
+    """The normalized spec of a Service; problems go to the checker `c` (apiary.k8s.validation.Checker)."""
     spec = c.fields(spec, "spec", SPEC_FIELDS, required=("ports",))
     out = {"type": _choice(c, spec, "type", TYPES, "ClusterIP")}
     problems = []

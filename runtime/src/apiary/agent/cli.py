@@ -11,7 +11,9 @@ import sys
 from apiary import output
 from apiary.agent.client import DEFAULT_SOCKET, AgentClient, AgentError, AgentUnreachable
 from apiary.errors import UserError
+from apiary.k8s import validation
 from apiary.lab import nodes as lab_nodes
+from apiary.policy import rules
 
 
 def _socket(args) -> str:
@@ -173,23 +175,17 @@ def _agent(args) -> int:
 
 
 def _policy_files(args) -> list:
-    from apiary.lab import objects
-
-    return [doc for path in args.filename for doc in objects.read_file(path)]
+    return [doc for path in args.filename for doc in validation.read_file(path)]
 
 
 def _policy_validate(args) -> int:
-    from apiary.lab import objects
-
     docs = _policy_files(args)
-    found, problems = objects.check_documents(docs, args.namespace or "default")
-    problems += ["%s: not a policy kind (%s)" % (objects.describe(obj), ", ".join(objects.POLICY_KINDS))
-                 for obj in found if obj["kind"] not in objects.POLICY_KINDS]
+    found, problems = validation.check_documents(docs, args.namespace or "default", rules.CHECKERS)
     if problems:
         raise UserError("%d problem%s:\n  %s" % (len(problems), "s" if len(problems) > 1 else "",
                                                   "\n  ".join(problems)))
     for obj in found:
-        print("%s: valid" % objects.describe(obj))
+        print("%s: valid" % validation.describe(obj))
     print("All policies are valid")
     return 0
 

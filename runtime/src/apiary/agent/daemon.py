@@ -35,7 +35,9 @@ from apiary.agent.policy import IDENTITIES_PART, OBJECTS_PART, PolicyManager
 from apiary.agent.services import ServiceManager
 from apiary.agent.sync import StoreSync
 from apiary.datapath import lb
+from apiary.k8s import validation
 from apiary.observe import events
+from apiary.policy import rules
 from apiary.observe.metrics import AgentMetrics
 
 log = logging.getLogger("apiary.agent")
@@ -194,19 +196,15 @@ class Agent:
 
     # --- policy import / delete (`apiary policy import|delete`, the network_policy module) ---------
     def _policy_documents(self, body: dict, check_all: bool):
-        from apiary.lab import objects as lab_objects
-
         docs, namespace = body.get("objects"), body.get("namespace") or "default"
         if not isinstance(docs, list):
             raise UserError("policy request: objects must be a list of policy objects")
         if check_all:
-            found, problems = lab_objects.check_documents(docs, namespace)
-            found_ids = [lab_objects.identity(obj) for obj in found]
+            found, problems = validation.check_documents(docs, namespace, rules.CHECKERS)
         else:
-            found_ids, problems = lab_objects.identities(docs, namespace)
-            found = found_ids
-        problems += ["%s %s: not a policy kind (%s)" % (kind, name, ", ".join(lab_objects.POLICY_KINDS))
-                     for kind, _, name in found_ids if kind not in lab_objects.POLICY_KINDS]
+            found, problems = validation.identities(docs, namespace)
+            problems += ["%s %s: not a policy kind (%s)" % (kind, name, ", ".join(validation.POLICY_KINDS))
+                         for kind, _, name in found if kind not in validation.POLICY_KINDS]
         if problems:
             raise UserError("%d problem%s, nothing was changed:\n  %s"
                             % (len(problems), "s" if len(problems) > 1 else "", "\n  ".join(problems)))
@@ -222,8 +220,7 @@ class Agent:
     def policy_import(self, body: dict) -> dict:
         """Validate every object, then store them (nothing is stored when one is bad); in kubeconfig
         mode they are written to the Kubernetes API instead."""
-        from apiary.lab import objects as lab_objects
-        from apiary.lab.store import ObjectStore, last_applied
+        from apiary.lab.store import ObjectStore, last_applied  # store mode: the lab's imitation
 
         check = bool(body.get("check"))
         if self.kubernetes is not None:
@@ -232,12 +229,12 @@ class Agent:
         for obj in self._policy_documents(body, check_all=True):
             action, before, _, rev = store.apply(obj, check=check)
             revision = max(revision, rev)
-            results.append({"object": lab_objects.describe(obj), "action": action,
+            results.append({"object": validation.describe(obj), "action": action,
                             "before": last_applied(before) if before else None, "after": obj})
         return self._policy_result(results, revision, check)
 
     def policy_delete(self, body: dict) -> dict:
-        from apiary.lab.store import key
+        from apiary.lab.store import key  # store mode: the lab's imitation
 
         check = bool(body.get("check"))
         if self.kubernetes is not None:
@@ -257,8 +254,6 @@ class Agent:
     def _kubernetes_policy_change(self, found: list, check: bool, delete: bool) -> dict:
         """Policies written to (or deleted from) the Kubernetes API; returns once this node's datapath
         has what was written (at most 10 s)."""
-        from apiary.lab import objects as lab_objects
-
         results, versions = [], {}
         for item in found:
             if delete:
@@ -267,7 +262,7 @@ class Agent:
                 who, after, version = "%s %s" % (kind, "%s/%s" % (namespace, name) if namespace else name), None, None
             else:
                 action, before, key, version = self.kubernetes.apply_policy(item, check)
-                who, after = lab_objects.describe(item), item
+                who, after = validation.describe(item), item
             results.append({"object": who, "action": action, "before": before, "after": after})
             if action in ("created", "configured", "deleted") and not check:
                 versions[key] = version

@@ -19,8 +19,8 @@ import ipaddress
 import json
 import re
 
-from apiary.lab.objects import (IANA_SVC_NAME, _Checker, _metadata, check_dns_label, check_dns_subdomain,
-                                check_label_key, check_label_value)
+from apiary.k8s.validation import (IANA_SVC_NAME, Checker, check_dns_label, check_dns_subdomain, check_label_key,
+                                   check_label_value, metadata)
 from apiary.policy.selector import OPERATORS, EndpointSelector, split_key
 
 # kind -> (apiVersion, plural used in store keys, namespaced)
@@ -122,7 +122,7 @@ def _q(value) -> str:
     return json.dumps(value)
 
 
-class _PolicyChecker(_Checker):
+class _PolicyChecker(Checker):
     """lab.objects' checker, with what policies need on top: refused fields and typed lists."""
 
     def known(self, value, path: str, allowed, refused: dict | None = None, required=()) -> dict:
@@ -184,7 +184,7 @@ def check(obj: dict, default_namespace: str | None = "default") -> tuple:
     cilium = kind != "NetworkPolicy"
     c.known(obj, "", ("apiVersion", "kind", "metadata") + (("spec", "specs") if cilium else ("spec",)) + ("status",),
             required=("metadata",) if cilium else ("metadata", "spec"))
-    out = {"apiVersion": api_version, "kind": kind, "metadata": _metadata(c, obj, namespaced, check_dns_subdomain)}
+    out = {"apiVersion": api_version, "kind": kind, "metadata": metadata(c, obj, namespaced, check_dns_subdomain)}
     if namespaced:
         if ns is None:
             c.bad("metadata.namespace", "required field is missing (a %s lives in a namespace)" % kind)
@@ -770,3 +770,7 @@ def _k8s_port_to_cilium(port: dict) -> dict:
         out["endPort"] = port["endPort"]
     out["protocol"] = port["protocol"]
     return out
+
+
+# apiary.k8s.validation.check_documents' checkers of the policy kinds (it has resolved the namespace).
+CHECKERS = {kind: (lambda obj, ns, who: check(obj, ns)) for kind in KINDS}
