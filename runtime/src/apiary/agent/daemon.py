@@ -191,6 +191,10 @@ class Agent:
         ep = self.endpoints.delete(container_id, ifname)
         return {"deleted": ep.summary() if ep else None}
 
+    def all_pods(self) -> list:
+        """Every pod of the cluster: from the Kubernetes API's watch, or the store (store mode)."""
+        return (self.kubernetes or self.services).all_pods()
+
     def identities(self) -> list:
         return self.endpoints.allocator.list()
 

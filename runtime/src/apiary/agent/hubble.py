@@ -94,13 +94,12 @@ class AgentLookup:
             agent = self.agent
             pods, frontends = {}, {}
             entries = dict(agent.sync.entries)
+            for pod in agent.all_pods():
+                address = (pod.get("status") or {}).get("podIP")
+                if address:
+                    pods[address] = _pod_endpoint(pod, entries.get("%s/32" % address))
             svcs = agent.services
             with svcs.lock:
-                for namespace, objects in svcs.pods.items():
-                    for pod in objects.values():
-                        address = (pod.get("status") or {}).get("podIP")
-                        if address:
-                            pods[address] = _pod_endpoint(pod, entries.get("%s/32" % address))
                 for namespace, objects in svcs.services.items():
                     for svc in objects.values():
                         name = {"name": svc["metadata"]["name"], "namespace": namespace}

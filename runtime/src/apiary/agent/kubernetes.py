@@ -270,6 +270,10 @@ class KubernetesSource:
             else:
                 self.slices_of.get(owner, {}).pop(meta["name"], None)
 
+    def all_pods(self) -> list:
+        """Every pod of the cluster, from the watch's cache (Hubble names flows' addresses with them)."""
+        return self.reflectors["pods"].list()
+
     # --- the cluster DNS's catalogue (apiary.agent.dns.Catalogue) ---------------------------------------
     def service(self, namespace: str, name: str) -> dict | None:
         return self.reflectors["services"].get("%s/%s" % (namespace, name))

@@ -229,6 +229,11 @@ class ServiceManager:
                 self.backend_ids.pop(backend.name, None)
 
     # --- views ----------------------------------------------------------------------------------
+    def all_pods(self) -> list:
+        """The pods of the store (store mode; in kubeconfig mode the Kubernetes source has them)."""
+        with self.lock:
+            return [pod for objects in self.pods.values() for pod in objects.values()]
+
     # --- the cluster DNS's catalogue (apiary.agent.dns.Catalogue) in store mode -----------------------
     def service(self, namespace: str, name: str) -> dict | None:
         with self.lock:
