@@ -38,7 +38,7 @@ DEFAULT_FILES_REPO = os.environ.get("APIARY_FILES_REPO", "/var/cache/apiary/file
 ARCH = "amd64"
 # Bump when a build's flags or layout change: the recipe of every component then differs.
 RECIPE_REVISION = "1"
-KUBE_COMMANDS = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"]
+KUBE_COMMANDS = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet", "kubectl"]
 
 
 def versions() -> dict:

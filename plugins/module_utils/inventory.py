@@ -439,6 +439,10 @@ def _check_kubernetes(hostvars, result):
                      % (hostvars.get("kube_version"), ", ".join(supported) or "none"))
     else:
         result.settings["kube_version"] = version
+    mode = hostvars.get("kube_proxy_mode", "iptables")
+    if mode != "iptables":
+        result.error("kube_proxy_mode", "%r is not supported: only iptables (the mode whose rules "
+                     "apiary_kube_proxy_replacement removes exactly)" % (mode,))
     driver = hostvars.get("kubelet_cgroup_driver", "systemd")
     if driver not in KUBELET_CGROUP_DRIVERS:
         result.error("kubelet_cgroup_driver", "%r is not one of %s" % (driver, ", ".join(KUBELET_CGROUP_DRIVERS)))

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DOWNLOAD_DEFAULTS = os.path.join(ROOT, "roles", "apiary_defaults", "defaults", "main", "download.yml")
 FILES_REPO = "/var/cache/apiary/files"
 BIN_CACHE = "/var/cache/apiary/bin"
-KUBERNETES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl")
+KUBERNETES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet", "kubectl")
 ETCD = ("etcd", "etcdctl", "etcdutl")
 
 

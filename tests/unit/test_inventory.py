@@ -47,6 +47,7 @@ def test_kubernetes_settings_are_derived():
 @pytest.mark.parametrize("overrides, variable, words", [
     ({"kube_version": "1.99.0"}, "kube_version", "not a Kubernetes release this collection knows (1.37.2)"),
     ({"dns_domain": "Cluster_Local"}, "dns_domain", "is not a DNS domain"),
+    ({"kube_proxy_mode": "ipvs"}, "kube_proxy_mode", "only iptables"),
     ({"upstream_dns_servers": "10.0.0.2"}, "upstream_dns_servers", "must be a list of IPv4 addresses"),
     ({"upstream_dns_servers": ["10.0.0.2", "dns.example"]}, "upstream_dns_servers[1]", "is not a valid IP address"),
     ({"kubelet_cgroup_driver": "cgroupv1"}, "kubelet_cgroup_driver", "not one of systemd, cgroupfs"),
