@@ -185,7 +185,7 @@ spec:
         rules = apiary("policy", "get", "--node", "node2").stdout
         assert "bad-port" not in rules and "l7" not in rules
     finally:
-        kubectl("delete", "-f", str(bad), "--wait=false")
+        kubectl("delete", "-f", str(bad), "--wait=false", "--ignore-not-found")
     good = apiary("policy", "validate", "-f", str(EXAMPLES / "frontend-backend-icmp-policy.yaml"))
     assert "All policies are valid" in good.stdout
 
