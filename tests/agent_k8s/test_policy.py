@@ -87,8 +87,11 @@ def test_what_cannot_be_enforced_is_reported_on_the_object(node, api):
     condition = eventually(lambda: valid("bad"), "bad's Valid condition", node=node)
     assert condition["status"] == "False" and condition["reason"] == "NotEnforceable"
     assert "spec.egress[0].toFQDNs" in condition["message"]
-    events = json.loads(kubernetes.client.CoreV1Api(api).list_namespaced_event(namespace, _preload_content=False).data)
-    [event] = [e for e in events["items"] if e["involvedObject"]["name"] == "bad"]
+    def events_of_bad():
+        events = kubernetes.client.CoreV1Api(api).list_namespaced_event(namespace, _preload_content=False)
+        return [e for e in json.loads(events.data)["items"] if e["involvedObject"]["name"] == "bad"]
+    # The event follows the condition (a loaded machine shows the gap).
+    [event] = eventually(events_of_bad, "bad's event", node=node)
     assert event["reason"] == "PolicyNotEnforced" and event["type"] == "Warning"
     assert "toFQDNs" in event["message"] and event["source"]["host"] == "tnode"
     names = policy_names(node)
