@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import time
 from pathlib import Path
 
 from .conftest import KUBECTL, kubectl, root_netns_snapshot, run_playbook, snapshot_diff, wait_for
@@ -42,13 +43,46 @@ def exec_in(pod, *cmd, check=True, timeout=60, namespace=NS):
     return kubectl("exec", "-n", namespace, pod, "--", *cmd, check=check, timeout=timeout)
 
 
-def exec_stream(pod, *args, namespace=NS) -> subprocess.Popen:
+def _exec_stream(pod, *args, namespace=NS) -> subprocess.Popen:
     """tcp_stream.py with `args` in the pod (an image with python3: netshoot), fed on stdin; its lines on
     the result's stdout."""
     with open(STREAM) as script:
         return subprocess.Popen([str(KUBECTL), "exec", "-i", "-n", namespace,
                                  pod, "--", "python3", "-", *args], stdin=script, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
+
+
+@contextlib.contextmanager
+def tcp_stream_from_netpod(server_pod: str, labels: dict, port: int):
+    """A long-lived TCP stream (tcp_stream.py) from netpod (node2) to a netshoot pod of its own on node1
+    (the seed's nginx and busybox images have no python3). Yields {"client": the client's kubectl exec,
+    "server_ip": ...}; at exit "output" holds the client's lines. The processes and the pod go at the
+    end, also on failure."""
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": server_pod, "labels": labels},
+                "spec": {"nodeName": "node1", "terminationGracePeriodSeconds": 0,
+                         "containers": [{"name": "netshoot", "image": "nicolaka/netshoot",
+                                         "command": ["sleep", "infinity"]}]}}
+    kubectl("apply", "-n", NS, "-f", "-", stdin=json.dumps(manifest))
+    stream, server = {}, None
+    try:
+        kubectl("wait", "-n", NS, "--for=condition=Ready", "pod/" + server_pod, "--timeout=120s", timeout=130)
+        stream["server_ip"] = pods()[server_pod]["status"]["podIP"]
+        server = _exec_stream(server_pod, "server", str(port))
+        time.sleep(2)
+        stream["client"] = _exec_stream("netpod", "client", stream["server_ip"], str(port))
+        time.sleep(2)
+        assert stream["client"].poll() is None, stream["client"].stdout.read()
+        yield stream
+    finally:
+        client = stream.get("client")
+        for proc in (client, server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        stream["output"] = client.communicate(timeout=10)[0] if client else ""
+        if server:
+            server.communicate(timeout=10)
+        exec_in("netpod", "pkill", "-f", "python3 - client", check=False)
+        kubectl("delete", "pod", "-n", NS, server_pod, "--wait=false", check=False)
 
 
 # The seed lab this session left up for the next module that wants the same routing mode: its mode and

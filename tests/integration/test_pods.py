@@ -11,7 +11,7 @@ import time
 import pytest
 
 from .conftest import kubectl, run_playbook
-from .seed import LAB, NS, apiary, exec_in, exec_stream, pods, seed_cluster
+from .seed import LAB, NS, apiary, exec_in, pods, seed_cluster, tcp_stream_from_netpod
 
 pytestmark = pytest.mark.lab
 
@@ -103,29 +103,9 @@ def test_agent_cli_on_every_node(cluster):
     assert ("Tunnel" in status) if cluster["mode"] == "tunnel" else ("Native" in status)
 
 
-STREAMER = """
-apiVersion: v1
-kind: Pod
-metadata: {name: streamer, labels: {app: streamer}}
-spec:
-  nodeName: node1
-  terminationGracePeriodSeconds: 0
-  containers:
-  - {name: netshoot, image: nicolaka/netshoot, command: [sleep, infinity]}
-"""
-
-
 def test_tcp_stream_survives_agent_kill_and_cluster_rerun(cluster):
-    # A stream between netpod (node2) and a netshoot pod on node1 (both have python3 for tcp_stream.py).
-    kubectl("apply", "-n", NS, "-f", "-", stdin=STREAMER)
-    server = client = None
-    try:
-        kubectl("wait", "-n", NS, "--for=condition=Ready", "pod/streamer", "--timeout=120s", timeout=130)
-        server = exec_stream("streamer", "server", "7070")
-        time.sleep(2)
-        client = exec_stream("netpod", "client", pods()["streamer"]["status"]["podIP"], "7070")
-        time.sleep(3)
-        assert client.poll() is None, client.stdout.read()
+    with tcp_stream_from_netpod("streamer", {"app": "streamer"}, 7070) as stream:
+        client = stream["client"]
         for node in ("node1", "node2", "node3"):
             # The supervisor's child is the agent: kill the agent itself, not its supervisor.
             agents = subprocess.run(["pgrep", "-f", "apiary agent --config /var/lib/apiary-lab/%s/" % node],
@@ -138,15 +118,7 @@ def test_tcp_stream_survives_agent_kill_and_cluster_rerun(cluster):
         assert rc == 0, out[-3000:]
         time.sleep(2)
         assert client.poll() is None, client.stdout.read()
-    finally:
-        for proc in (client, server):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-        output = client.communicate(timeout=10)[0] if client else ""
-        if server:
-            server.communicate(timeout=10)
-        exec_in("netpod", "pkill", "-f", "python3 - client", check=False)
-        kubectl("delete", "pod", "-n", NS, "streamer", "--wait=false", check=False)
+    output = stream["output"]
     # The client reports each echoed message; it must have gone on without an error.
     lines = output.split()
     assert "error" not in output.lower(), output[-2000:]

@@ -5,12 +5,11 @@ module, and a policy deleted while a connection is running."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from .conftest import kubectl, parse_recap, run_playbook, wait_for
-from .seed import EXAMPLES, LAB, NS, apiary, exec_in, exec_stream, pods, seed_cluster
+from .seed import EXAMPLES, LAB, NS, apiary, exec_in, pods, seed_cluster, tcp_stream_from_netpod
 
 pytestmark = pytest.mark.lab
 
@@ -208,45 +207,16 @@ def test_network_policy_module(cluster):
              lambda: "allow-db-access" not in apiary("policy", "get", "--node", "node3").stdout, timeout=30)
 
 
-STREAM_SERVER = """
-apiVersion: v1
-kind: Pod
-metadata: {name: stream-server, labels: {role: frontend}}
-spec:
-  nodeName: node1
-  terminationGracePeriodSeconds: 0
-  containers:
-  - {name: netshoot, image: nicolaka/netshoot, command: [sleep, infinity]}
-"""
-
-
 def test_removing_a_policy_stops_a_running_connection(cluster):
     """netpod's stream to a frontend is allowed by frontend-backend-icmp-communication (L3, any port);
     deleting that policy leaves allow-frontend, which does not allow netpod: the stream stops, as in
     Cilium, where packets of established connections are checked against policy too. (The frontends'
     nginx image has no python3 for tcp_stream.py: a netshoot pod labelled role=frontend serves it.)"""
-    kubectl("apply", "-n", NS, "-f", "-", stdin=STREAM_SERVER)
-    server = client = None
-    try:
-        kubectl("wait", "-n", NS, "--for=condition=Ready", "pod/stream-server", "--timeout=120s", timeout=130)
-        server_ip = ip_of("stream-server")
-        server = exec_stream("stream-server", "server", "7071")
-        time.sleep(2)
-        client = exec_stream("netpod", "client", server_ip, "7071")
-        time.sleep(2)
-        assert client.poll() is None, client.stdout.read()
+    with tcp_stream_from_netpod("stream-server", {"role": "frontend"}, 7071) as stream:
         out = kubectl("delete", "-f", str(EXAMPLES / "frontend-backend-icmp-policy.yaml")).stdout
         assert "deleted" in out
         # the client gives up when its echoes stop coming back
-        client.wait(timeout=30)
-        assert not can_ping("netpod", server_ip)
-    finally:
-        for proc in (client, server):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-        output = client.communicate(timeout=10)[0] if client else ""
-        if server:
-            server.communicate(timeout=10)
-        exec_in("netpod", "pkill", "-f", "python3 - client", check=False)
-        kubectl("delete", "pod", "-n", NS, "stream-server", "--wait=false", check=False)
+        stream["client"].wait(timeout=30)
+        assert not can_ping("netpod", stream["server_ip"])
+    output = stream["output"]
     assert "error" in output.lower() or "timed out" in output.lower(), output[-1000:]

@@ -241,21 +241,25 @@ def slice_service(endpoint_slice: dict) -> str | None:
     return ((endpoint_slice.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
 
 
+def ready_endpoints(endpoint_slice: dict) -> list:
+    """The endpoints of an IPv4 EndpointSlice that take connections, as kube-proxy reads them: `ready`
+    unset counts as ready, a terminating endpoint is not ready ([] for another address type)."""
+    if endpoint_slice.get("addressType") != "IPv4":
+        return []
+    return [endpoint for endpoint in endpoint_slice.get("endpoints") or []
+            if (endpoint.get("conditions") or {}).get("ready") is not False]
+
+
 def slice_backends(port: dict, slices: list, node_name: str) -> list:
     """[(address, port, protocol, local)] of one Service port from the Service's EndpointSlices, sorted:
-    every ready endpoint's addresses with the slice's port of the same name and protocol, as kube-proxy
-    takes them (an endpoint whose `ready` is unset counts as ready; a terminating one is not ready)."""
+    every ready endpoint's addresses with the slice's port of the same name and protocol."""
     name = port.get("name") or ""
     out = set()
     for endpoint_slice in slices:
-        if endpoint_slice.get("addressType") != "IPv4":
-            continue
         numbers = [p["port"] for p in endpoint_slice.get("ports") or []
                    if (p.get("name") or "") == name and p.get("protocol", "TCP") == port["protocol"]
                    and p.get("port") is not None]
-        for endpoint in endpoint_slice.get("endpoints") or []:
-            if (endpoint.get("conditions") or {}).get("ready") is False:
-                continue
+        for endpoint in ready_endpoints(endpoint_slice):
             local = endpoint.get("nodeName") == node_name
             for number in numbers:
                 for address in endpoint.get("addresses") or []:

@@ -87,7 +87,7 @@ class Agent:
         self.sync.policy = self.policy
         self.services = ServiceManager(lb.LoadBalancer(cfg.pin_dir, cfg.lb_algorithm, cfg.maglev_table_size,
                                                        node_address=cfg.node_ip), cfg.node_name, cfg.node_ip,
-                                       endpoint_slices=bool(cfg.kubeconfig))
+                                       backends_from_slices=bool(cfg.kubeconfig))
         if cfg.kubeconfig:
             self.kubernetes = KubernetesSource(cfg, self.policy, self.services, self.hubble_settings.enabled)
         else:

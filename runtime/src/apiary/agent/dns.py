@@ -36,10 +36,11 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
-import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+
+from apiary import service
 
 log = logging.getLogger("apiary.agent.dns")
 
@@ -61,17 +62,10 @@ class Catalogue(Protocol):
 
 
 def _ready_endpoints(slices: list) -> list:
-    """[(address, hostname or None)] of the ready IPv4 endpoints, sorted (a stable answer)."""
-    out = set()
-    for endpoint_slice in slices:
-        if endpoint_slice.get("addressType") != "IPv4":
-            continue
-        for endpoint in endpoint_slice.get("endpoints") or []:
-            if (endpoint.get("conditions") or {}).get("ready") is False:
-                continue
-            for address in endpoint.get("addresses") or []:
-                out.add((address, endpoint.get("hostname")))
-    return sorted(out)
+    """[(address, hostname or None)] of the slices' ready endpoints, sorted (a stable answer)."""
+    return sorted({(address, endpoint.get("hostname")) for endpoint_slice in slices
+                   for endpoint in service.ready_endpoints(endpoint_slice)
+                   for address in endpoint.get("addresses") or []})
 
 
 def _endpoint_label(address: str, hostname: str | None) -> str:
@@ -285,7 +279,7 @@ class _TcpServer(socketserver.ThreadingTCPServer):
 
 class _Threaded:
     def __init__(self, kind, address, handler):
-        self.server = kind(address, _Logged.wrap(handler))
+        self.server = kind(address, _logged(handler))
         self.thread = threading.Thread(target=self.server.serve_forever, name="dns", daemon=True)
 
     def start(self) -> None:
@@ -297,14 +291,12 @@ class _Threaded:
         self.thread.join(timeout=5)
 
 
-class _Logged:
-    @staticmethod
-    def wrap(handler):
-        """One bad query must not stop the server, nor print a traceback to stderr."""
-        class Handler(handler):
-            def handle(self):
-                try:
-                    super().handle()
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("dns: query from %s: %s", self.client_address, exc)
-        return Handler
+def _logged(handler):
+    """The handler class, made so that one bad query neither stops the server nor prints a traceback."""
+    class Logged(handler):
+        def handle(self):
+            try:
+                super().handle()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("dns: query from %s: %s", self.client_address, exc)
+    return Logged

@@ -38,7 +38,6 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 import apiary.policy as policy_lib
-import apiary.service as service_lib
 from apiary.errors import UserError
 from apiary.k8s import client, crds, events, watch
 
@@ -140,8 +139,6 @@ class KubernetesSource:
         self.reported: dict[str, str] = {}  # store key -> the problems last reported on the policy
         self.relabel_pending = False  # an identity change failed (e.g. etcd down): tried again later
         self.setup_errors: dict[str, str] = {}
-        # (namespace, Service name) -> {EndpointSlice name: slice}: the cluster DNS's headless answers.
-        self.slices_of: dict[tuple, dict] = collections.defaultdict(dict)
         self.watcher = watch.Watcher(self.api)
         self.reflectors = {}
         for resource in RESOURCES:
@@ -204,8 +201,6 @@ class KubernetesSource:
             self.revision += 1
             policy_items = [Item(store_key("pods", pod), pod) for pod in objects["pods"]]
             service_items = [Item(store_key("endpointslices", s), s) for s in objects["endpointslices"]]
-            for endpoint_slice in objects["endpointslices"]:
-                self._index_slice(None, endpoint_slice)
             for svc in objects["services"]:
                 if balanced_service(svc) is not None:
                     service_items.append(Item(store_key("services", svc), svc))
@@ -237,7 +232,6 @@ class KubernetesSource:
                 self.policy.handle(key, new, self.revision, source=SOURCE)
             elif resource == "endpointslices":
                 self.services.handle(key, new, self.revision)
-                self._index_slice(old, new)
             elif resource == "services":
                 self.services.handle(key, balanced_service(new) if new is not None else None, self.revision)
             elif resource in POLICY_RESOURCES.values():
@@ -259,17 +253,6 @@ class KubernetesSource:
         if resource in POLICY_RESOURCES.values() and new is not None:
             self._report(key, new)
 
-    def _index_slice(self, old: dict | None, new: dict | None) -> None:
-        for obj, present in ((old, False), (new, True)):
-            if obj is None:
-                continue
-            meta = obj["metadata"]
-            owner = (meta["namespace"], service_lib.slice_service(obj))
-            if present:
-                self.slices_of[owner][meta["name"]] = obj
-            else:
-                self.slices_of.get(owner, {}).pop(meta["name"], None)
-
     def all_pods(self) -> list:
         """Every pod of the cluster, from the watch's cache (Hubble names flows' addresses with them)."""
         return self.reflectors["pods"].list()
@@ -279,8 +262,7 @@ class KubernetesSource:
         return self.reflectors["services"].get("%s/%s" % (namespace, name))
 
     def endpoint_slices(self, namespace: str, name: str) -> list:
-        with self.lock:
-            return list(self.slices_of.get((namespace, name), {}).values())
+        return self.services.endpoint_slices(namespace, name)  # the service cache holds every slice
 
     def _update_labels(self, namespace: str | None = None, pod_name: str | None = None) -> None:
         if namespace is None:

@@ -63,11 +63,11 @@ def _namespace(key: str) -> str:
 
 
 class ServiceManager:
-    def __init__(self, balancer: lb.LoadBalancer, node_name: str, node_ip: str, endpoint_slices: bool = False):
+    def __init__(self, balancer: lb.LoadBalancer, node_name: str, node_ip: str, backends_from_slices: bool = False):
         self.lb = balancer
         self.node_name, self.node_ip = node_name, node_ip
         # Backends from EndpointSlices (the Kubernetes API), or from the pods (the imitation store).
-        self.endpoint_slices = endpoint_slices
+        self.backends_from_slices = backends_from_slices
         self.lock = threading.RLock()
         # By namespace, then store key: an event looks only at its namespace's objects, so its cost
         # does not grow with the cluster's other Services and pods.
@@ -95,7 +95,7 @@ class ServiceManager:
 
     # --- the store ----------------------------------------------------------------------------
     def is_ours(self, key: str) -> bool:
-        return key.startswith(SERVICES) or key.startswith(ENDPOINT_SLICES if self.endpoint_slices else PODS)
+        return key.startswith(SERVICES) or key.startswith(ENDPOINT_SLICES if self.backends_from_slices else PODS)
 
     def load(self, kvs: list, revision: int) -> None:
         with self.lock:
@@ -167,8 +167,8 @@ class ServiceManager:
         affinity = (spec.get("sessionAffinityConfig") or {}).get("clientIP", {}).get("timeoutSeconds") \
             if spec.get("sessionAffinity") == "ClientIP" else None
         namespace, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
-        if self.endpoint_slices:
-            slices = [s for s in self.slices[namespace].values() if service.slice_service(s) == name]
+        if self.backends_from_slices:
+            slices = self.endpoint_slices(namespace, name)
         else:
             pods = [pod for pod in self.pods[namespace].values() if serving(pod)]
         out = {}
@@ -177,7 +177,7 @@ class ServiceManager:
                                    local_only_external=spec.get("externalTrafficPolicy") == "Local",
                                    local_only_internal=spec.get("internalTrafficPolicy") == "Local",
                                    affinity_timeout=affinity)
-            found = service.slice_backends(port, slices, self.node_name) if self.endpoint_slices \
+            found = service.slice_backends(port, slices, self.node_name) if self.backends_from_slices \
                 else service.service_backends(svc, port, pods, self.node_name)
             backends = [lb.Backend(self._backend_id("%s:%d/%s" % (ip, p, proto)), ip, p, proto, local=local)
                         for ip, p, proto, local in found]
@@ -234,7 +234,8 @@ class ServiceManager:
         with self.lock:
             return [pod for objects in self.pods.values() for pod in objects.values()]
 
-    # --- the cluster DNS's catalogue (apiary.agent.dns.Catalogue) in store mode -----------------------
+    # --- the cluster DNS's catalogue (apiary.agent.dns.Catalogue) in store mode; the slices also in
+    # kubeconfig mode, where every EndpointSlice comes here --------------------------------------------
     def service(self, namespace: str, name: str) -> dict | None:
         with self.lock:
             return self.services.get(namespace, {}).get("%s%s/%s" % (SERVICES, namespace, name))
